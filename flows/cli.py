@@ -1,0 +1,143 @@
+"""The `instill` command line: wiring only; each command maps to a flow or a task-layer function.
+
+Heavy imports (Prefect, MLflow, torch) happen inside the commands, so `instill --help` stays instant and
+the offline, telemetry-free environment is in place before any of them loads.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from tasks.settings import ConfigError, GeneratorConfig, Settings, apply_runtime_env, load_knowledge_base
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Keep a model's knowledge current with adapters.")
+db_app = typer.Typer(no_args_is_help=True, help="The SQL catalog.")
+app.add_typer(db_app, name="db")
+console = Console(stderr=True)
+out = Console()
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="Knowledge-base file (default: $INSTILL_CONFIG or instill.yaml).")
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    settings = Settings() if config is None else Settings(config=config)
+    apply_runtime_env(settings.home)
+    _configure_logging()
+    return settings
+
+
+def _configure_logging() -> None:
+    handler = RichHandler(console=console, show_path=False, markup=False, rich_tracebacks=False)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    for name in ("flows", "tasks", "hypernet"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+@app.command()
+def refresh(
+    config: ConfigOption = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the summary as JSON here.")] = None,
+) -> None:
+    """Pick up what changed in every source, regenerate only those adapters, register them."""
+    settings = _settings(config)
+    try:
+        kb = load_knowledge_base(settings.config)
+    except ConfigError as exc:
+        _fail(str(exc))
+    from flows.refresh import refresh as refresh_flow
+
+    console.print(f"refreshing [bold]{kb.name}[/] ({len(kb.sources)} source(s)) from {settings.config}")
+    result = refresh_flow(str(settings.config.resolve()))
+    _print_summary(result)
+    if json_path:
+        keys = ("changed", "generated", "registered", "failed", "retired")
+        json_path.write_text(json.dumps({k: result[k] for k in keys}, indent=2) + "\n", encoding="utf-8")
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+def _print_summary(result: dict) -> None:
+    changed = result["changed"]
+    total = sum(changed.values())
+    detail = ", ".join(f"{n} {kind}" for kind, n in changed.items() if n)
+    out.print(f"[bold]{total} changed[/]" + (f" ({detail})" if detail else ""))
+    if result["rows"]:
+        table = Table("document", "change", "status", "detail", title="changes")
+        for row in result["rows"]:
+            style = "red" if row["status"] == "failed" else None
+            table.add_row(row["document"], row["change"], row["status"], row["detail"], style=style)
+        out.print(table)
+    if result["registered"]:
+        table = Table("model", "version", "document", title="registered")
+        for row in result["registered"]:
+            table.add_row(row["model"], str(row["version"]), row["document"])
+        out.print(table)
+    for failure in result["failed"]:
+        out.print(f"[red]failed[/] {failure['document']}: {failure['reason']}", highlight=False)
+    out.print(
+        f"{result['generated']} generated, {len(result['registered'])} registered, "
+        f"{len(result['failed'])} failed, {result['retired']} retired"
+    )
+
+
+@app.command()
+def generate(
+    doc_file: Annotated[Path, typer.Argument(help="A document: md, txt, html, pdf or docx.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Adapter folder to write (PEFT layout + instill.json).")],
+    config: ConfigOption = None,
+) -> None:
+    """Run the configured generator on one file and write its adapter folder."""
+    settings = _settings(config)
+    gen_cfg = GeneratorConfig()
+    if settings.config.is_file():
+        try:
+            gen_cfg = load_knowledge_base(settings.config).generator
+        except ConfigError as exc:
+            _fail(str(exc))
+    if not doc_file.is_file():
+        _fail(f"{doc_file}: no such file")
+    from tasks.generate import generate_file
+    from tasks.parse import ParseError
+
+    try:
+        report = generate_file(settings, gen_cfg, doc_file, out_dir)
+    except ParseError as exc:
+        _fail(str(exc))
+    out.print(
+        f"wrote {out_dir} with {report['generator']} in {report['seconds']:.1f} s "
+        f"(adapter sha256 {report['adapter_sha256'][:12]})"
+    )
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Apply the catalog's migrations (the embedded SQLite catalog is upgraded by `refresh` itself)."""
+    settings = _settings(config)
+    from tasks.catalog.db import current_revision, upgrade
+
+    upgrade(settings.catalog)
+    out.print(f"catalog at revision {current_revision(settings.catalog)}")
+
+
+def main() -> None:  # pragma: no cover - console-script shim
+    sys.exit(app())

@@ -1,0 +1,131 @@
+"""The `refresh` flow: per source, detect changes, record them, generate adapters, register, retire.
+
+Reads like the process it runs. Each step is a plain function in ``tasks/`` wrapped thinly as a task;
+only ids, paths and small records cross task boundaries. Generation and registration work from what the
+catalog says is pending, not only from this run's changes, so a crashed run's leftovers are finished by
+the next one; a source's cursor moves only once every change it covers is recorded.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from tasks.catalog.types import RunStatus
+from tasks.generate import ensure_generator_row, generate_adapter, pending_versions
+from tasks.ingest import finish_run, plan_source, record_change
+from tasks.publish import documents_to_retire, register_adapter, retire_document, unregistered_adapters
+from tasks.runtime import runtime
+from tasks.sources.base import ChangeKind
+
+detect_changes_task = task(plan_source, name="detect-changes")
+record_change_task = task(record_change, name="record-change")
+generator_task = task(ensure_generator_row, name="load-generator")
+generate_task = task(generate_adapter, name="generate-adapter")
+register_task = task(register_adapter, name="register-adapter", retries=2, retry_delay_seconds=[1, 5])
+retire_task = task(retire_document, name="retire-document", retries=2, retry_delay_seconds=[1, 5])
+finish_task = task(finish_run, name="finish-source")
+
+
+@dataclass
+class RefreshSummary:
+    changed: Counter = field(default_factory=Counter)
+    generated: int = 0
+    registered: list[dict] = field(default_factory=list)
+    failed: list[dict] = field(default_factory=list)
+    retired: int = 0
+    sources: list[dict] = field(default_factory=list)
+    rows: list[dict] = field(default_factory=list)  # one per document touched, for the tables
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["changed"] = {kind.value: self.changed.get(kind.value, 0) for kind in ChangeKind}
+        return out
+
+
+@flow(name="refresh")
+def refresh(config: str) -> dict:
+    """Bring every source of the knowledge base in ``config`` up to date; returns the run's summary."""
+    run_id = str(flow_run.id) if flow_run.id else None
+    summary = RefreshSummary()
+    sources = [s.name for s in runtime(config).kb.sources]
+    hypernet_id: int | None = None
+    for name in sources:
+        plan = detect_changes_task(config, name, run_id)
+        if plan.error:
+            summary.failed.append({"document": f"{name}:*", "reason": plan.error})
+            summary.sources.append({"source": name, "status": RunStatus.FAILED.value, "error": plan.error})
+            continue
+        outcomes = [record_change_task(config, name, change, run_id) for change in plan.changes]
+        if hypernet_id is None:
+            hypernet_id = generator_task(config)  # loads the base model once per run
+        pending = pending_versions(config, name, hypernet_id)
+        generated = [generate_task(config, v, hypernet_id, run_id) for v in pending]
+        registered = [register_task(config, a, run_id) for a in unregistered_adapters(config, name)]
+        retired = sum(retire_task(config, d, run_id) for d in documents_to_retire(config, name))
+        status = _source_status(outcomes, generated)
+        counts = _tally(summary, name, outcomes, generated, registered, retired)
+        finish_task(config, plan.run_id, status, plan.cursor, counts)
+        summary.sources.append({"source": name, "status": status.value, **counts})
+    result = summary.as_dict()
+    create_markdown_artifact(markdown_report(result), key="refresh-summary", description="instill refresh")
+    return result
+
+
+def _source_status(outcomes, generated) -> RunStatus:
+    if any(o.transient for o in outcomes):
+        return RunStatus.FAILED  # keeps the cursor: the next run fetches these again
+    if any(o.error for o in outcomes) or any(g.error for g in generated):
+        return RunStatus.PARTIAL
+    return RunStatus.SUCCEEDED
+
+
+def _tally(summary: RefreshSummary, source: str, outcomes, generated, registered, retired: int) -> dict:
+    for o in outcomes:
+        summary.changed[o.change.kind.value] += 1
+        doc = f"{source}:{o.change.key}"
+        summary.rows.append({"document": doc, "change": o.change.kind.value, "status": "failed" if o.error else "ok",
+                             "detail": o.error or (f"from {o.change.old_key}" if o.change.old_key else "")})
+        if o.error:
+            summary.failed.append({"document": doc, "reason": o.error})
+    for g in generated:
+        if g.error:
+            summary.failed.append({"document": g.document, "reason": g.error})
+        else:
+            summary.generated += 0 if g.reused else 1
+    for r in registered:
+        summary.registered.append({"model": r.model, "version": r.version, "document": r.document})
+    summary.retired += retired
+    return {
+        "changed": len(outcomes),
+        "generated": sum(1 for g in generated if not g.error and not g.reused),
+        "registered": len(registered),
+        "failed": sum(1 for o in outcomes if o.error) + sum(1 for g in generated if g.error),
+        "retired": retired,
+    }
+
+
+def markdown_report(result: dict) -> str:
+    changed = result["changed"]
+    lines = [
+        "# instill refresh",
+        "",
+        f"**{sum(changed.values())} changed** ({', '.join(f'{v} {k}' for k, v in changed.items())}), "
+        f"{result['generated']} generated, {len(result['registered'])} registered, "
+        f"{len(result['failed'])} failed, {result['retired']} retired.",
+        "",
+        "| document | change | status | detail |",
+        "|---|---|---|---|",
+    ]
+    lines += [f"| {r['document']} | {r['change']} | {r['status']} | {r['detail']} |" for r in result["rows"]]
+    if result["registered"]:
+        lines += ["", "| model | version | document |", "|---|---|---|"]
+        lines += [f"| {r['model']} | {r['version']} | {r['document']} |" for r in result["registered"]]
+    if result["failed"]:
+        lines += ["", "| failed document | reason |", "|---|---|"]
+        lines += [f"| {f['document']} | {f['reason']} |" for f in result["failed"]]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,161 @@
+"""Read queries the pipeline asks of the catalog; writes stay with the step that owns them."""
+
+from __future__ import annotations
+
+from sqlalchemy import and_, exists, func, select
+from sqlalchemy.orm import Session, aliased
+
+from tasks.catalog.models import Adapter, AliasEvent, Document, DocumentVersion, Source
+from tasks.catalog.types import AdapterState, DocumentState
+from tasks.sources.base import KnownDocument
+
+LIVE_DOCUMENT_STATES = (DocumentState.ACTIVE, DocumentState.FAILED)
+
+
+def source_by_name(session: Session, name: str) -> Source | None:
+    return session.scalar(select(Source).where(Source.name == name))
+
+
+def latest_version(session: Session, document_id: int) -> DocumentVersion | None:
+    return session.scalar(
+        select(DocumentVersion)
+        .where(DocumentVersion.document_id == document_id)
+        .order_by(DocumentVersion.id.desc())
+        .limit(1)
+    )
+
+
+def _latest_version_ids(source_id: int):
+    return (
+        select(func.max(DocumentVersion.id).label("version_id"))
+        .join(Document, Document.id == DocumentVersion.document_id)
+        .where(Document.source_id == source_id, Document.state.in_(LIVE_DOCUMENT_STATES))
+        .group_by(DocumentVersion.document_id)
+        .subquery()
+    )
+
+
+def known_documents(session: Session, source_id: int) -> dict[str, KnownDocument]:
+    """The live documents of a source keyed by current path, with their latest recorded revision."""
+    latest = _latest_version_ids(source_id)
+    rows = session.execute(
+        select(Document.current_path, DocumentVersion.source_revision, DocumentVersion.raw_sha256)
+        .join(DocumentVersion, DocumentVersion.document_id == Document.id)
+        .join(latest, latest.c.version_id == DocumentVersion.id)
+    )
+    return {path: KnownDocument(path, revision, raw) for path, revision, raw in rows}
+
+
+def document_at(session: Session, source_id: int, path: str) -> Document | None:
+    """The document currently at ``path``: a live one first, else the most recently deleted one."""
+    docs = session.scalars(
+        select(Document)
+        .where(Document.source_id == source_id, Document.current_path == path)
+        .order_by(Document.id.desc())
+    ).all()
+    live = [d for d in docs if d.state in LIVE_DOCUMENT_STATES]
+    return (live or docs or [None])[0]
+
+
+def adapter_for_text(session: Session, text_sha256: str, hypernet_id: int) -> Adapter | None:
+    """An adapter already generated from exactly this text by exactly this generator (any document)."""
+    return session.scalar(
+        select(Adapter)
+        .join(DocumentVersion, DocumentVersion.id == Adapter.document_version_id)
+        .where(
+            DocumentVersion.text_sha256 == text_sha256,
+            Adapter.hypernet_id == hypernet_id,
+            Adapter.state != AdapterState.FAILED,
+        )
+        .order_by(Adapter.id)
+        .limit(1)
+    )
+
+
+def pending_versions(session: Session, source_id: int, hypernet_id: int) -> list[int]:
+    """Latest parsed versions of live documents with no adapter for their text under this generator.
+
+    Computed from the catalog rather than from this run's changes, so work that a crashed run left
+    undone is picked up by the next one.
+    """
+    latest = _latest_version_ids(source_id)
+    same_doc_version = aliased(DocumentVersion)
+    has_adapter = exists(
+        select(Adapter.id)
+        .join(same_doc_version, same_doc_version.id == Adapter.document_version_id)
+        .where(
+            same_doc_version.document_id == DocumentVersion.document_id,
+            same_doc_version.text_sha256 == DocumentVersion.text_sha256,
+            Adapter.hypernet_id == hypernet_id,
+            Adapter.state != AdapterState.FAILED,
+        )
+    )
+    return list(
+        session.scalars(
+            select(DocumentVersion.id)
+            .join(latest, latest.c.version_id == DocumentVersion.id)
+            .where(DocumentVersion.text_sha256.is_not(None), ~has_adapter)
+            .order_by(DocumentVersion.id)
+        )
+    )
+
+
+def unregistered_adapters(session: Session, source_id: int) -> list[int]:
+    return list(
+        session.scalars(
+            select(Adapter.id)
+            .join(DocumentVersion, DocumentVersion.id == Adapter.document_version_id)
+            .join(Document, Document.id == DocumentVersion.document_id)
+            .where(
+                Document.source_id == source_id,
+                Document.state.in_(LIVE_DOCUMENT_STATES),
+                Adapter.model_version.is_(None),
+                Adapter.state.in_((AdapterState.CANDIDATE, AdapterState.PASSED)),
+            )
+            .order_by(Adapter.id)
+        )
+    )
+
+
+def documents_to_retire(session: Session, source_id: int) -> list[int]:
+    """Deleted documents that still have an adapter not yet retired."""
+    return list(
+        session.scalars(
+            select(Document.id)
+            .where(Document.source_id == source_id, Document.state == DocumentState.DELETED)
+            .where(
+                exists(
+                    select(Adapter.id)
+                    .join(DocumentVersion, DocumentVersion.id == Adapter.document_version_id)
+                    .where(
+                        DocumentVersion.document_id == Document.id,
+                        Adapter.state != AdapterState.RETIRED,
+                        Adapter.state != AdapterState.FAILED,
+                    )
+                )
+            )
+            .order_by(Document.id)
+        )
+    )
+
+
+def document_adapters(session: Session, document_id: int, states: tuple[AdapterState, ...]) -> list[Adapter]:
+    return list(
+        session.scalars(
+            select(Adapter)
+            .join(DocumentVersion, DocumentVersion.id == Adapter.document_version_id)
+            .where(DocumentVersion.document_id == document_id, Adapter.state.in_(states))
+            .order_by(Adapter.id)
+        )
+    )
+
+
+def last_alias_target(session: Session, model: str, alias: str) -> str | None:
+    """Where the catalog last recorded ``alias`` pointing (None: unset or removed)."""
+    event = session.scalar(
+        select(AliasEvent)
+        .where(and_(AliasEvent.registered_model == model, AliasEvent.alias == alias))
+        .order_by(AliasEvent.id.desc())
+        .limit(1)
+    )
+    return event.to_version if event else None

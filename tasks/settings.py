@@ -1,0 +1,183 @@
+"""One typed settings object: the knowledge-base file (``instill.yaml``) plus environment overrides.
+
+``Settings`` holds where state lives (``INSTILL_HOME``, default ``.instill/``), the catalog and MLflow URIs
+(embedded SQLite under the home by default) and the knowledge base read from the YAML file: its sources,
+the generator, the QA gates and the promotion policy. Relative paths inside the YAML file are resolved
+against the file's own folder, so a config works from any working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_CONFIG = Path("instill.yaml")
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe in MLflow model names and file names
+
+
+class ConfigError(ValueError):
+    """The knowledge-base config is unusable; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LocalSourceConfig(_Strict):
+    kind: Literal["local"]
+    name: str = Field(pattern=NAME_PATTERN)
+    path: Path
+    include: list[str] | None = None
+
+
+class GitSourceConfig(_Strict):
+    kind: Literal["git"]
+    name: str = Field(pattern=NAME_PATTERN)
+    url: str
+    branch: str = "main"
+    subdir: str = ""
+    include: list[str] | None = None
+
+
+SourceConfig = Annotated[LocalSourceConfig | GitSourceConfig, Field(discriminator="kind")]
+
+
+class GeneratorConfig(_Strict):
+    name: Literal["cd", "hypernet", "hypernet+cd"] = "cd"
+    base_model: str = DEFAULT_BASE_MODEL
+    # Generator-specific knobs (steps, lr, rank, checkpoint, ...), passed to hypernet's factory as is.
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PromotionConfig(_Strict):
+    # Move the `production` alias as soon as an adapter is registered (after its gates pass).
+    auto_promote: bool = True
+
+
+class KnowledgeBase(_Strict):
+    name: str = Field(pattern=NAME_PATTERN)
+    sources: list[SourceConfig] = Field(min_length=1)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+
+    @field_validator("sources")
+    @classmethod
+    def _unique_names(cls, sources: list[SourceConfig]) -> list[SourceConfig]:
+        names = [s.name for s in sources]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"source names must be unique, repeated: {', '.join(dupes)}")
+        return sources
+
+
+class Settings(BaseSettings):
+    """Process-wide settings; every field can be overridden by an ``INSTILL_*`` environment variable."""
+
+    model_config = SettingsConfigDict(env_prefix="INSTILL_", extra="ignore")
+
+    home: Path = Path(".instill")
+    config: Path = DEFAULT_CONFIG
+    catalog_url: str | None = None
+    mlflow_tracking_uri: str | None = Field(
+        default=None, validation_alias=AliasChoices("MLFLOW_TRACKING_URI", "INSTILL_MLFLOW_TRACKING_URI")
+    )
+    model_cache: Path | None = None
+    device: str | None = None  # None: CUDA when present, else CPU
+    threads: int | None = None  # torch CPU threads; None leaves torch's default
+
+    @property
+    def catalog(self) -> str:
+        return self.catalog_url or f"sqlite:///{self.home.resolve() / 'catalog.db'}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"sqlite:///{self.home.resolve() / 'mlflow.db'}"
+
+    @property
+    def artifact_root(self) -> Path:
+        return self.home.resolve() / "mlartifacts"
+
+    @property
+    def store_root(self) -> Path:
+        return self.home.resolve() / "store"
+
+    @property
+    def models_dir(self) -> Path:
+        return (self.model_cache or self.home / "models").resolve()
+
+    @property
+    def git_dir(self) -> Path:
+        return self.home.resolve() / "git"
+
+
+def load_knowledge_base(path: Path) -> KnowledgeBase:
+    """Read and validate ``instill.yaml``; any problem becomes one ``ConfigError`` naming the key."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    try:
+        kb = KnowledgeBase.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{path}: {_first_problem(exc)}") from None
+    return _resolve_paths(kb, path.resolve().parent)
+
+
+def _first_problem(exc: ValidationError) -> str:
+    problems = []
+    for err in exc.errors():
+        # Discriminated unions add the tag ("local") to the location: drop it, keep the user's keys.
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("local", "git"))
+        problems.append(f"{loc or '(top level)'}: {err['msg']}")
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return problems[0] + more
+
+
+def _resolve_paths(kb: KnowledgeBase, base: Path) -> KnowledgeBase:
+    for source in kb.sources:
+        if isinstance(source, LocalSourceConfig) and not source.path.is_absolute():
+            source.path = (base / source.path).resolve()
+        if isinstance(source, GitSourceConfig) and "://" not in source.url:
+            local = Path(source.url)
+            if not local.is_absolute() and (base / local).exists():
+                source.url = str((base / local).resolve())
+    return kb
+
+
+def load_settings(config: Path | None = None) -> tuple[Settings, KnowledgeBase]:
+    settings = Settings() if config is None else Settings(config=config)
+    return settings, load_knowledge_base(settings.config)
+
+
+# Variables that keep every run offline and quiet; set before Prefect, MLflow or unstructured import.
+RUNTIME_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+    "SCARF_NO_ANALYTICS": "1",
+    "UNSTRUCTURED_DISABLE_NOTICE": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    "GIT_PYTHON_REFRESH": "quiet",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def apply_runtime_env(home: Path) -> None:
+    """Offline, telemetry-free defaults; an explicit environment variable always wins."""
+    for key, value in RUNTIME_ENV.items():
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("PREFECT_HOME", str((home / "prefect").resolve()))
