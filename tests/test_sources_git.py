@@ -7,11 +7,9 @@ from pathlib import Path
 import pytest
 
 from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, SourceError
-from tasks.sources.git import GitSource, reconcile
+from tasks.sources.git import GitSource, reconcile, redact
 from tasks.sources.local import DocumentFetchError
 from tests.fixtures.git import GitDaemon, WorkRepo, free_port, git
-
-pytest_plugins = ["tests.fixtures.git"]
 
 
 def summary(result: ChangeSet) -> list[tuple[str, str, str | None]]:
@@ -220,6 +218,11 @@ def test_force_push_with_the_cursor_commit_gone_falls_back_to_full_comparison(
     assert len(after.warnings) == 1
     assert "handbook" in after.warnings[0] and result.cursor in after.warnings[0]
     assert "no longer" in after.warnings[0]
+
+
+def test_redact_drops_the_whole_userinfo_of_every_url() -> None:
+    text = "fatal: 'https://user:p@ss@host/x.git' and git://tok@h/y, not /home/a@b/repo"
+    assert redact(text) == "fatal: 'https://host/x.git' and git://h/y, not /home/a@b/repo"
 
 
 @pytest.mark.parametrize("scheme", ["git", "https"])

@@ -21,7 +21,7 @@ from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, Sou
 from tasks.sources.local import DocumentFetchError, compare_with_known, is_selected, sort_changes
 
 _OBJECT_ID = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
-_USERINFO = re.compile(r"(?<=://)[^/@\s]*@")
+_USERINFO = re.compile(r"(?<=://)[^/\s]*@")  # greedy: up to the last @ of the authority
 _FILE_MODES = ("100644", "100755")  # symlinks (120000) and submodules (160000) are not documents
 
 
