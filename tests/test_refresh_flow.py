@@ -1,0 +1,139 @@
+"""The refresh flow end to end on a tiny random model: real files, catalog, store, MLflow and Prefect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from tasks.catalog.db import session_scope
+from tasks.catalog.models import Adapter, AliasEvent, Document, DocumentVersion
+from tasks.catalog.types import AdapterState, DocumentState
+from tasks.runtime import forget_runtimes, runtime
+
+DOCS = {
+    "alpha.md": "# Alpha\n\nThe Alpha station opened in 1987. Its chief engineer is Mara Quill of Vennholm.\n",
+    "beta.txt": "Beta robots are serviced every Tuesday. The service crew is led by Oren Daltry since 2011.\n",
+    "gamma.html": "<html><body><h1>Gamma</h1><p>Gamma tea is grown on the Sorrel hills at 900 metres.</p>"
+    "<p>The harvest lasts eleven days each spring.</p></body></html>",
+}
+
+
+@pytest.fixture
+def kb(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> Path:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for name, text in DOCS.items():
+        (folder / name).write_text(text, encoding="utf-8")
+    config = tmp_path / "instill.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "testkb",
+                "sources": [{"kind": "local", "name": "docs", "path": "docs"}],
+                "generator": {"name": "cd", "base_model": str(tiny_model_dir), "options": {"steps": 2}},
+                "promotion": {"auto_promote": True},
+            }
+        )
+    )
+    monkeypatch.setenv("INSTILL_HOME", str(tmp_path / ".instill"))
+    forget_runtimes()
+    yield config
+    forget_runtimes()
+
+
+def _run(config: Path, tmp_path: Path, name: str) -> tuple[int, dict, str]:
+    from flows.cli import app
+
+    out = tmp_path / f"{name}.json"
+    result = CliRunner().invoke(app, ["refresh", "--config", str(config), "--json", str(out)])
+    summary = json.loads(out.read_text()) if out.exists() else {}
+    return result.exit_code, summary, result.output
+
+
+def test_refresh_generates_registers_and_then_only_follows_changes(prefect_server, kb, tmp_path):
+    code, first, output = _run(kb, tmp_path, "first")
+    assert code == 0, output
+    assert first["changed"] == {"added": 3, "modified": 0, "renamed": 0, "deleted": 0}
+    assert first["generated"] == 3 and first["failed"] == [] and len(first["registered"]) == 3
+    models = {r["document"]: r["model"] for r in first["registered"]}
+    registry = runtime(kb).registry
+    for model in models.values():
+        assert registry.alias(model, "production") == "1"
+
+    code, second, output = _run(kb, tmp_path, "second")
+    assert code == 0, output
+    assert sum(second["changed"].values()) == 0 and second["generated"] == 0 and second["registered"] == []
+    assert "0 changed" in output
+
+    docs = kb.parent / "docs"
+    (docs / "alpha.md").write_text(DOCS["alpha.md"] + "\nA second engineer, Ilse Brand, joined in 2020.\n")
+    (docs / "beta.txt").rename(docs / "beta-renamed.txt")
+    (docs / "gamma.html").unlink()
+    (docs / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    code, third, output = _run(kb, tmp_path, "third")
+    assert code == 1, "a failed document makes the exit status non-zero"
+    assert third["changed"] == {"added": 1, "modified": 1, "renamed": 1, "deleted": 1}
+    assert third["generated"] == 1, "the rename with unchanged text is not regenerated"
+    assert [r["model"] for r in third["registered"]] == [models["docs:alpha.md"]]
+    assert third["registered"][0]["version"] == "2"
+    assert [f["document"] for f in third["failed"]] == ["docs:broken.pdf"]
+    assert "broken.pdf" in third["failed"][0]["reason"]
+    assert third["retired"] == 1
+    assert registry.alias(models["docs:alpha.md"], "production") == "2"
+    assert registry.alias(models["docs:beta.txt"], "production") == "1", "a rename keeps the model"
+    assert registry.alias(models["docs:gamma.html"], "production") is None
+
+    with session_scope(runtime(kb).sessions) as s:
+        states = {d.current_path: d.state for d in s.scalars(select(Document))}
+        assert states == {
+            "alpha.md": DocumentState.ACTIVE,
+            "beta-renamed.txt": DocumentState.ACTIVE,
+            "gamma.html": DocumentState.DELETED,
+            "broken.pdf": DocumentState.FAILED,
+        }
+        broken = s.scalar(select(DocumentVersion).where(DocumentVersion.path == "broken.pdf"))
+        assert broken.error and broken.text_sha256 is None
+        gamma_events = s.scalars(
+            select(AliasEvent).where(AliasEvent.registered_model == models["docs:gamma.html"])
+        ).all()
+        assert [(e.alias, e.from_version, e.to_version) for e in gamma_events][-2:] == [
+            ("production", "1", None),
+            ("candidate", "1", None),
+        ]
+        alpha_states = [
+            a.state
+            for a in s.scalars(select(Adapter).where(Adapter.registered_model == models["docs:alpha.md"]))
+        ]
+        assert alpha_states == [AdapterState.RETIRED, AdapterState.PRODUCTION]
+
+
+def test_registered_adapter_loads_with_peft(prefect_server, kb, tmp_path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    code, first, output = _run(kb, tmp_path, "first")
+    assert code == 0, output
+    with session_scope(runtime(kb).sessions) as s:
+        adapter = s.scalars(select(Adapter)).first()
+        folder = runtime(kb).store.get_dir(adapter.store_uri)
+        lineage = json.loads((folder / "instill.json").read_text())
+        assert lineage["text_sha256"] == adapter.document_version.text_sha256
+        assert lineage["generator"]["fingerprint"] == adapter.hypernet.fingerprint
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    model = PeftModel.from_pretrained(base, folder)
+    assert any("lora_A" in name for name, _ in model.named_parameters())
+
+
+def test_bad_config_names_the_key(tmp_path):
+    from flows.cli import app
+
+    config = tmp_path / "instill.yaml"
+    config.write_text("name: kb\nsources:\n  - kind: local\n    name: docs\n")
+    result = CliRunner().invoke(app, ["refresh", "--config", str(config)])
+    assert result.exit_code == 2
+    assert "sources.0.path" in result.output and "Traceback" not in result.output
