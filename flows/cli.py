@@ -19,14 +19,17 @@ from rich.table import Table
 
 from tasks.settings import ConfigError, GeneratorConfig, Settings, apply_runtime_env, load_knowledge_base
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="Keep a model's knowledge current with adapters.")
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help="Keep a model's knowledge current with adapters."
+)
 db_app = typer.Typer(no_args_is_help=True, help="The SQL catalog.")
 app.add_typer(db_app, name="db")
 console = Console(stderr=True)
 out = Console()
 
 ConfigOption = Annotated[
-    Path | None, typer.Option("--config", "-c", help="Knowledge-base file (default: $INSTILL_CONFIG or instill.yaml).")
+    Path | None,
+    typer.Option("--config", "-c", help="Knowledge-base file (default: $INSTILL_CONFIG or instill.yaml)."),
 ]
 
 
@@ -56,7 +59,9 @@ def _fail(message: str, code: int = 2) -> None:
 @app.command()
 def refresh(
     config: ConfigOption = None,
-    json_path: Annotated[Path | None, typer.Option("--json", help="Also write the summary as JSON here.")] = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the summary as JSON here.")
+    ] = None,
 ) -> None:
     """Pick up what changed in every source, regenerate only those adapters, register them."""
     settings = _settings(config)
@@ -103,7 +108,9 @@ def _print_summary(result: dict) -> None:
 @app.command()
 def generate(
     doc_file: Annotated[Path, typer.Argument(help="A document: md, txt, html, pdf or docx.")],
-    out_dir: Annotated[Path, typer.Option("--out", help="Adapter folder to write (PEFT layout + instill.json).")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Adapter folder to write (PEFT layout + instill.json).")
+    ],
     config: ConfigOption = None,
 ) -> None:
     """Run the configured generator on one file and write its adapter folder."""

@@ -88,8 +88,14 @@ def _tally(summary: RefreshSummary, source: str, outcomes, generated, registered
     for o in outcomes:
         summary.changed[o.change.kind.value] += 1
         doc = f"{source}:{o.change.key}"
-        summary.rows.append({"document": doc, "change": o.change.kind.value, "status": "failed" if o.error else "ok",
-                             "detail": o.error or (f"from {o.change.old_key}" if o.change.old_key else "")})
+        summary.rows.append(
+            {
+                "document": doc,
+                "change": o.change.kind.value,
+                "status": "failed" if o.error else "ok",
+                "detail": o.error or (f"from {o.change.old_key}" if o.change.old_key else ""),
+            }
+        )
         if o.error:
             summary.failed.append({"document": doc, "reason": o.error})
     for g in generated:

@@ -40,9 +40,9 @@ class GenerateOutcome:
 def build_generator(settings: Settings, cfg: GeneratorConfig):
     """Load the base model once and wrap it in the configured generator."""
     import torch
+    from hypernet.generators import make_generator
 
     from hypernet.base_model import load_base_model
-    from hypernet.generators import make_generator
 
     if settings.threads:
         torch.set_num_threads(settings.threads)
@@ -82,7 +82,9 @@ def pending_versions(config: str, source_name: str, hypernet_id: int) -> list[in
         return queries.pending_versions(session, source.id, hypernet_id) if source else []
 
 
-def generate_adapter(config: str, version_id: int, hypernet_id: int, flow_run_id: str | None = None) -> GenerateOutcome:
+def generate_adapter(
+    config: str, version_id: int, hypernet_id: int, flow_run_id: str | None = None
+) -> GenerateOutcome:
     """Generate (or reuse) the adapter for one document version and record it as a candidate."""
     rt = runtime(config)
     with session_scope(rt.sessions) as session:
@@ -90,8 +92,15 @@ def generate_adapter(config: str, version_id: int, hypernet_id: int, flow_run_id
         document = f"{version.document.source.name}:{version.document.current_path}"
         same_text = queries.adapter_for_text(session, version.text_sha256, hypernet_id)
         if same_text is not None:
-            adapter = _adapter_row(version_id, hypernet_id, same_text.adapter_sha256, same_text.store_uri,
-                                   same_text.rank, same_text.targets, flow_run_id)
+            adapter = _adapter_row(
+                version_id,
+                hypernet_id,
+                same_text.adapter_sha256,
+                same_text.store_uri,
+                same_text.rank,
+                same_text.targets,
+                flow_run_id,
+            )
             session.add(adapter)
             session.flush()
             return GenerateOutcome(version_id, adapter.id, document, reused=True)
@@ -107,8 +116,9 @@ def generate_adapter(config: str, version_id: int, hypernet_id: int, flow_run_id
         return GenerateOutcome(version_id, None, document, error=f"generation failed: {exc}")
     uri, sha = _store_adapter(rt, result.weights, gen, lineage | {"generation": result.metrics})
     with session_scope(rt.sessions) as session:
-        adapter = _adapter_row(version_id, hypernet_id, sha, uri, result.weights.rank,
-                               result.weights.target_names, flow_run_id)
+        adapter = _adapter_row(
+            version_id, hypernet_id, sha, uri, result.weights.rank, result.weights.target_names, flow_run_id
+        )
         session.add(adapter)
         session.flush()
         return GenerateOutcome(version_id, adapter.id, document, seconds=result.seconds)
@@ -146,8 +156,11 @@ def _lineage(version: DocumentVersion, hypernet: Hypernet) -> dict:
         "raw_sha256": version.raw_sha256,
         "text_sha256": version.text_sha256,
         "parser": f"{version.parser} {version.parser_version}",
-        "generator": {"kind": hypernet.kind, "fingerprint": hypernet.fingerprint,
-                      "checkpoint_sha256": hypernet.checkpoint_sha256},
+        "generator": {
+            "kind": hypernet.kind,
+            "fingerprint": hypernet.fingerprint,
+            "checkpoint_sha256": hypernet.checkpoint_sha256,
+        },
         "base_model": {"id": hypernet.base_model_id, "sha256": hypernet.base_model_sha256},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "qa": None,
@@ -179,8 +192,11 @@ def generate_file(settings: Settings, cfg: GeneratorConfig, doc_file: Path, out_
         "raw_sha256": hashlib.sha256(data).hexdigest(),
         "text_sha256": parsed.text_sha256,
         "parser": f"{parsed.parser} {parsed.parser_version}",
-        "generator": {"kind": gen.name, "fingerprint": gen.fingerprint(),
-                      "checkpoint_sha256": info.get("checkpoint_sha256")},
+        "generator": {
+            "kind": gen.name,
+            "fingerprint": gen.fingerprint(),
+            "checkpoint_sha256": info.get("checkpoint_sha256"),
+        },
         "base_model": {"id": info["base_model_id"], "sha256": info["base_model_sha256"]},
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "generation": result.metrics,

@@ -1,4 +1,4 @@
-"""Detect a source's changes, then record each one: fetch, parse, store, and one catalog transaction per document.
+"""Detect a source's changes, then record each: fetch, parse, store, one catalog transaction per document.
 
 A document whose bytes cannot be parsed is bad input: its version is recorded with the reason and the
 run goes on. A fetch that fails (server, disk) is transient: nothing is recorded, so the source's cursor
@@ -81,7 +81,9 @@ def _already_recorded(change: Change, known: dict) -> bool:
     return current is not None and current.revision == change.revision
 
 
-def record_change(config: str, source_name: str, change: Change, flow_run_id: str | None = None) -> ChangeOutcome:
+def record_change(
+    config: str, source_name: str, change: Change, flow_run_id: str | None = None
+) -> ChangeOutcome:
     """Fetch, parse and store one changed document and record it; a deletion only marks the document."""
     rt = runtime(config)
     with session_scope(rt.sessions) as session:
@@ -155,7 +157,9 @@ def _document_for(session, source_id: int, change: Change, create: bool = True) 
     if doc is None:
         doc = queries.document_at(session, source_id, change.key)
     if doc is None and create:
-        doc = Document(source_id=source_id, external_key=change.key, current_path=change.key, title=change.title)
+        doc = Document(
+            source_id=source_id, external_key=change.key, current_path=change.key, title=change.title
+        )
         session.add(doc)
     return doc
 

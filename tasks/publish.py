@@ -39,7 +39,7 @@ def model_name(kb: str, source: str, document_id: int) -> str:
 
 
 def register_adapter(config: str, adapter_id: int, flow_run_id: str | None = None) -> RegisterOutcome:
-    """Register one adapter (idempotently), point `candidate` at it, and `production` when the policy says so."""
+    """Register one adapter (idempotently); `candidate` points at it, `production` too under auto_promote."""
     from tasks.registry import AdapterRecord
 
     rt = runtime(config)
@@ -74,21 +74,41 @@ def register_adapter(config: str, adapter_id: int, flow_run_id: str | None = Non
         adapter = session.get(Adapter, adapter_id)
         adapter.mlflow_run_id, adapter.registered_model = registered.run_id, registered.model
         adapter.model_version = registered.version
-        move_alias(rt, session, registered.model, CANDIDATE, registered.version, adapter, SYSTEM_ACTOR,
-                   "new adapter registered", flow_run_id)
+        move_alias(
+            rt,
+            session,
+            registered.model,
+            CANDIDATE,
+            registered.version,
+            adapter,
+            SYSTEM_ACTOR,
+            "new adapter registered",
+            flow_run_id,
+        )
         if promote:
             promote_adapter(rt, session, adapter, SYSTEM_ACTOR, "auto_promote policy", flow_run_id)
     return RegisterOutcome(adapter_id, registered.model, registered.version, document, promote)
 
 
-def promote_adapter(rt: Runtime, session, adapter: Adapter, actor: str, reason: str, flow_run_id: str | None) -> None:
+def promote_adapter(
+    rt: Runtime, session, adapter: Adapter, actor: str, reason: str, flow_run_id: str | None
+) -> None:
     """Move `production` to this adapter; the adapter it replaces is retired."""
     doc_id = adapter.document_version.document_id
     for old in queries.document_adapters(session, doc_id, (AdapterState.PRODUCTION,)):
         if old.id != adapter.id:
             old.state = AdapterState.RETIRED
-    move_alias(rt, session, adapter.registered_model, PRODUCTION, adapter.model_version, adapter, actor, reason,
-               flow_run_id)
+    move_alias(
+        rt,
+        session,
+        adapter.registered_model,
+        PRODUCTION,
+        adapter.model_version,
+        adapter,
+        actor,
+        reason,
+        flow_run_id,
+    )
     adapter.state = AdapterState.PRODUCTION
 
 
@@ -104,7 +124,11 @@ def move_alias(
     flow_run_id: str | None,
 ) -> bool:
     """Point ``alias`` at ``version`` (None removes it) in MLflow and record the move; False if no move."""
-    before = rt.registry.delete_alias(model, alias) if version is None else rt.registry.set_alias(model, alias, version)
+    before = (
+        rt.registry.delete_alias(model, alias)
+        if version is None
+        else rt.registry.set_alias(model, alias, version)
+    )
     recorded = queries.last_alias_target(session, model, alias)
     if recorded == version and before == version:
         return False
@@ -147,8 +171,17 @@ def retire_document(config: str, document_id: int, flow_run_id: str | None = Non
         models = {a.registered_model for a in adapters if a.registered_model}
         for model in sorted(models):
             for alias in (PRODUCTION, CANDIDATE):
-                move_alias(rt, session, model, alias, None, None, SYSTEM_ACTOR,
-                           f"document deleted: {doc.source.name}:{doc.current_path}", flow_run_id)
+                move_alias(
+                    rt,
+                    session,
+                    model,
+                    alias,
+                    None,
+                    None,
+                    SYSTEM_ACTOR,
+                    f"document deleted: {doc.source.name}:{doc.current_path}",
+                    flow_run_id,
+                )
         for adapter in adapters:
             adapter.state = AdapterState.RETIRED
         return len(adapters)

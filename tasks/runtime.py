@@ -1,4 +1,4 @@
-"""The handles one refresh needs (catalog sessions, artifact store, registry, generator), built once per process.
+"""The handles a refresh needs (catalog sessions, store, registry, generator), built once per process.
 
 Tasks receive the config path and ids, never these objects: ``runtime(config)`` hands every task in the
 same process the same handles, so the base model is loaded once per run and nothing heavy crosses a task
@@ -59,7 +59,9 @@ def runtime(config: str | Path) -> Runtime:
         apply_runtime_env(settings.home)
         kb = load_knowledge_base(path)
         prepare_catalog(settings.catalog)
-        _RUNTIMES[path] = Runtime(settings, kb, db.session_factory(settings.catalog), LocalStore(settings.store_root))
+        _RUNTIMES[path] = Runtime(
+            settings, kb, db.session_factory(settings.catalog), LocalStore(settings.store_root)
+        )
     return _RUNTIMES[path]
 
 
@@ -71,7 +73,9 @@ def prepare_catalog(url: str) -> None:
     from tasks.catalog.db import current_revision, head_revision
 
     if current_revision(url) != head_revision():
-        raise RuntimeError(f"the catalog at {_redact(url)} is not at the latest migration: run `instill db upgrade`")
+        raise RuntimeError(
+            f"the catalog at {_redact(url)} is not at the latest migration: run `instill db upgrade`"
+        )
 
 
 def _redact(url: str) -> str:

@@ -16,8 +16,8 @@ from tasks.catalog.types import AdapterState, DocumentState
 from tasks.runtime import forget_runtimes, runtime
 
 DOCS = {
-    "alpha.md": "# Alpha\n\nThe Alpha station opened in 1987. Its chief engineer is Mara Quill of Vennholm.\n",
-    "beta.txt": "Beta robots are serviced every Tuesday. The service crew is led by Oren Daltry since 2011.\n",
+    "alpha.md": "# Alpha\n\nThe Alpha station opened in 1987. Its chief engineer is Mara Quill.\n",
+    "beta.txt": "Beta robots are serviced every Tuesday. The crew is led by Oren Daltry since 2011.\n",
     "gamma.html": "<html><body><h1>Gamma</h1><p>Gamma tea is grown on the Sorrel hills at 900 metres.</p>"
     "<p>The harvest lasts eleven days each spring.</p></body></html>",
 }

@@ -15,7 +15,14 @@ def build_source(cfg: SourceConfig, settings: Settings) -> Source:
     if isinstance(cfg, GitSourceConfig):
         from tasks.sources.git import GitSource
 
-        return GitSource(cfg.name, cfg.url, branch=cfg.branch, subdir=cfg.subdir, workdir=settings.git_dir)
+        return GitSource(
+            cfg.name,
+            cfg.url,
+            branch=cfg.branch,
+            subdir=cfg.subdir,
+            include=cfg.include,
+            workdir=settings.git_dir,
+        )
     raise ValueError(f"source {cfg.name!r}: unsupported kind {cfg.kind!r}")
 
 
