@@ -85,7 +85,7 @@ def parse_document(data: bytes, filename: str) -> ParsedDocument:
 
     Raises:
         ParseError: unsupported suffix, undecodable or corrupt content, or no text in it.
-        ParserSetupError: the local spaCy model package is missing.
+        ParserSetupError: the local spaCy model package or the PDF extras are missing.
     """
     kind = _KINDS.get(_suffix(filename))
     if kind is None:
@@ -172,7 +172,13 @@ def _pdf_partitioner(data: bytes, filename: str) -> Callable[[], list[Any]]:
     except Exception as exc:
         raise ParseError(filename, f"cannot parse PDF: {_short(exc)}") from exc
 
-    from unstructured.partition.pdf import partition_pdf
+    try:
+        from unstructured.partition.pdf import partition_pdf
+    except ImportError as exc:  # unstructured[pdf] is avoided on purpose: it pulls a CUDA torch
+        raise ParserSetupError(
+            f"PDF support is not installed ({exc}): pip install opencv-python-headless onnx onnxruntime "
+            '&& pip install --no-deps "unstructured-inference>=1.6.12,<2"'
+        ) from exc
 
     return lambda: partition_pdf(file=io.BytesIO(data), strategy=PDF_STRATEGY, languages=_LANGUAGES)
 
