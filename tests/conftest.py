@@ -22,5 +22,4 @@ pytest_plugins = [
     "tests.fixtures.git",
     "tests.fixtures.models",
     "tests.fixtures.prefect",
-    "tests.fixtures.documents",
 ]
