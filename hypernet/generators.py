@@ -61,7 +61,7 @@ def fingerprint_of(
     payload = {
         "kind": kind,
         "base_model_id": base.model_id,
-        "base_weights_sha256": base.weights_sha256,
+        "base_model_sha256": base.weights_sha256,
         "config": config,
         "checkpoint_sha256": checkpoint_sha256,
     }
@@ -76,7 +76,7 @@ def describe_generator(
         "kind": kind,
         "config": config,
         "base_model_id": base.model_id,
-        "base_weights_sha256": base.weights_sha256,
+        "base_model_sha256": base.weights_sha256,
         "checkpoint_sha256": checkpoint_sha256,
         "fingerprint": fingerprint_of(kind, base, config, checkpoint_sha256),
     }
