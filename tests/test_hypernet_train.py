@@ -113,8 +113,7 @@ def test_learning_rate_warms_up_then_decays_within_each_stage():
 
 
 def test_command_line_options_reach_nested_config_fields(tmp_path: Path):
-    args, cfg = parse_args(
-        ["--out", str(tmp_path), "--minutes", "2.5", "--steps", "50", "--set", "data.n_train=80", "--set", "w_shared=0"]
-    )
+    argv = ["--out", str(tmp_path), "--minutes", "2.5", "--steps", "50"]
+    args, cfg = parse_args([*argv, "--set", "data.n_train=80", "--set", "w_shared=0"])
     assert args.out == tmp_path and cfg.max_minutes == 2.5 and cfg.steps == 50
     assert cfg.data.n_train == 80 and cfg.w_shared == 0
