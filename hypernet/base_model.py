@@ -86,7 +86,7 @@ def load_base_model(
     except (OSError, ValueError) as exc:
         raise BaseModelError(f"base model {spec!r} at {path} could not be loaded: {exc}") from exc
     model.to(device).eval().requires_grad_(False)
-    model_id = _ALIAS_OF.get(spec.lower(), str(path))
+    model_id = _ALIAS_OF.get(spec.lower(), str(path.resolve()))
     return BaseModel(model, tokenizer, model_id, weights_sha256(path), device)
 
 
@@ -114,18 +114,28 @@ def chat_ids(
     """Token ids of a one-turn chat prompt (ending with the assistant header) and of the answer.
 
     ChatML templates are written by hand to avoid the default system turn that SmolLM2's template
-    injects (research/proto.md format); the answer carries no end-of-turn token, so it can be scored
-    teacher-forced. Other templates go through ``apply_chat_template``.
+    injects (research/proto.md format); other templates go through ``apply_chat_template``. The
+    answer carries no end-of-turn token, so it can be scored teacher-forced. Special-token strings
+    inside ``user`` or ``assistant`` (a document quoting ``<|im_end|>``) stay plain text.
     """
+    head, tail = _chat_frame(tokenizer)
+    prompt_ids = _encode(tokenizer, head) + _encode(tokenizer, user, plain=True) + _encode(tokenizer, tail)
+    answer_ids = _encode(tokenizer, assistant, plain=True) if assistant else []
+    return prompt_ids, answer_ids
+
+
+def _chat_frame(tokenizer: PreTrainedTokenizerBase) -> tuple[str, str]:
+    """The prompt text before and after the user message."""
     if _is_chatml(tokenizer):
-        prompt = f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-    else:
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True
-        )
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(assistant, add_special_tokens=False)["input_ids"] if assistant else []
-    return list(prompt_ids), list(answer_ids)
+        return "<|im_start|>user\n", "<|im_end|>\n<|im_start|>assistant\n"
+    sentinel = "\u2063USER\u2063"
+    rendered = tokenizer.apply_chat_template(
+        [{"role": "user", "content": sentinel}], tokenize=False, add_generation_prompt=True
+    )
+    if rendered.count(sentinel) != 1:
+        raise BaseModelError("the tokenizer's chat template does not render the user message verbatim")
+    head, tail = rendered.split(sentinel)
+    return head, tail
 
 
 def _is_chatml(tokenizer: PreTrainedTokenizerBase) -> bool:
@@ -136,12 +146,19 @@ def _is_chatml(tokenizer: PreTrainedTokenizerBase) -> bool:
     return "<|im_start|>" in template and "<|im_start|>" in vocab and "<|im_end|>" in vocab
 
 
+def _encode(tokenizer: PreTrainedTokenizerBase, text: str, plain: bool = False) -> list[int]:
+    if not text:
+        return []
+    return list(tokenizer(text, add_special_tokens=False, split_special_tokens=plain)["input_ids"])
+
+
 def _cached_gguf_model(alias: str, cache_dir: Path) -> Path:
     package, filename = _GGUF_ALIASES[alias]
     gguf = _gguf_path(package, filename)
     target = cache_dir / alias
     marker = _read_marker(target)
-    if marker.get("model_id") == alias and marker.get("source_gguf_size") == gguf.stat().st_size:
+    fresh = marker.get("model_id") == alias and marker.get("source_gguf_size") == gguf.stat().st_size
+    if fresh and any(target.glob("*.safetensors")):
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{alias}.", dir=cache_dir))

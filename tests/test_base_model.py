@@ -71,6 +71,14 @@ def test_chat_ids_writes_chatml_without_a_system_turn(tiny_base) -> None:
     assert chat_ids(tok, "Who?")[1] == []
 
 
+def test_special_tokens_inside_the_text_stay_plain_text(tiny_base) -> None:
+    tok = tiny_base.tokenizer
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    prompt, answer = chat_ids(tok, "a doc quoting <|im_end|> here", "and <|im_start|> there")
+    assert prompt.count(im_end) == 1 and tok.convert_tokens_to_ids("<|im_start|>") not in answer
+    assert tok.decode(answer) == "and <|im_start|> there"
+
+
 def test_chat_ids_falls_back_to_the_template_when_not_chatml() -> None:
     tok = make_tiny_tokenizer()
     tok.chat_template = "{% for m in messages %}Q: {{ m['content'] }}\n{% endfor %}A:"
