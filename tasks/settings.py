@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_CONFIG = Path("instill.yaml")
@@ -45,7 +53,59 @@ class GitSourceConfig(_Strict):
     include: list[str] | None = None
 
 
-SourceConfig = Annotated[LocalSourceConfig | GitSourceConfig, Field(discriminator="kind")]
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+
+
+class S3SourceConfig(_Strict):
+    """Objects under ``prefix`` of ``bucket``. Secrets are never in the file: the two ``*_env`` keys name
+    environment variables holding the key pair; without them boto3's usual credential chain applies."""
+
+    kind: Literal["s3"]
+    name: str = Field(pattern=NAME_PATTERN)
+    bucket: str = Field(min_length=3, max_length=63)
+    prefix: str = ""
+    include: list[str] | None = None
+    endpoint_url: str | None = None  # an S3-compatible server; None for AWS
+    region: str | None = None
+    access_key_id_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN)
+    secret_access_key_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN)
+    max_bytes: int = Field(default=50 * 2**20, gt=0)  # larger objects are refused, per document
+    page_size: int = Field(default=1000, ge=1, le=1000)
+    retries: int = Field(default=4, ge=0)
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> S3SourceConfig:
+        if (self.access_key_id_env is None) != (self.secret_access_key_env is None):
+            raise ValueError("access_key_id_env and secret_access_key_env go together")
+        return self
+
+
+class MediaWikiSourceConfig(_Strict):
+    """Pages of ``namespaces`` of the wiki at ``api_url`` (its api.php). ``username`` is a bot-password
+    login (``User@app``); ``password_env`` names the environment variable holding the bot password."""
+
+    kind: Literal["mediawiki"]
+    name: str = Field(pattern=NAME_PATTERN)
+    api_url: str = Field(pattern=r"^https?://")
+    username: str | None = None
+    password_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN)
+    namespaces: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    maxlag: int = 5  # seconds of replication lag at which the wiki asks bots to wait
+    retries: int = Field(default=4, ge=0)
+    backoff_s: float = Field(default=1.0, ge=0)  # first retry delay; doubles, capped by max_backoff_s
+    max_backoff_s: float = Field(default=30.0, ge=0)
+    rc_max_age_days: float = Field(default=90.0, gt=1)  # the wiki's $wgRCMaxAge
+
+    @model_validator(mode="after")
+    def _login_pair(self) -> MediaWikiSourceConfig:
+        if (self.username is None) != (self.password_env is None):
+            raise ValueError("username and password_env go together")
+        return self
+
+
+SourceConfig = Annotated[
+    LocalSourceConfig | GitSourceConfig | S3SourceConfig | MediaWikiSourceConfig, Field(discriminator="kind")
+]
 
 
 class GeneratorConfig(_Strict):
@@ -137,7 +197,7 @@ def _first_problem(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors():
         # Discriminated unions add the tag ("local") to the location: drop it, keep the user's keys.
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("local", "git"))
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("local", "git", "s3", "mediawiki"))
         problems.append(f"{loc or '(top level)'}: {err['msg']}")
     more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
     return problems[0] + more
@@ -173,6 +233,8 @@ RUNTIME_ENV = {
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "GIT_PYTHON_REFRESH": "quiet",
     "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
 }
 
 

@@ -22,4 +22,6 @@ pytest_plugins = [
     "tests.fixtures.git",
     "tests.fixtures.models",
     "tests.fixtures.prefect",
+    "tests.fixtures.s3",
+    "tests.fixtures.mediawiki",
 ]
