@@ -124,12 +124,16 @@ def build_targets(base: BaseModel, text: str, probes: list[Probe], top_k: int = 
 
 
 def distill_loss(model: nn.Module, weights: LoraWeights | None, targets: DistillTargets) -> Tensor:
-    """Mean over answer tokens of KL(teacher || student), the student being ``model`` with ``weights``."""
+    """Mean over answer tokens of KL(teacher || student), the student being ``model`` with ``weights``.
+
+    ``weights`` may carry a leading batch dimension of N (one adapter per probe row, see ``applied``).
+    """
     with applied(model, weights):
         logits = model(
             input_ids=targets.input_ids,
             attention_mask=targets.attention_mask,
             logits_to_keep=targets.predict,
+            use_cache=False,
         ).logits  # [M, V]: only the positions that predict answer tokens
     student = F.log_softmax(logits.float(), dim=-1)
     if targets.teacher_idx is None:
@@ -159,6 +163,7 @@ def _teacher_logprobs(model: nn.Module, seqs: list[tuple[list[int], list[int]]],
         input_ids=input_ids.to(dev),
         attention_mask=full_mask.to(dev),
         logits_to_keep=predict.to(dev),
+        use_cache=False,
         **{_cache_kwarg(model): cache},
     ).logits
     return F.log_softmax(logits.float(), dim=-1)
