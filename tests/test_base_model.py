@@ -19,7 +19,7 @@ from hypernet.base_model import (
     resolve_base_model,
     weights_sha256,
 )
-from hypernet.tiny import make_tiny_tokenizer
+from hypernet.tiny import make_tiny_model, make_tiny_tokenizer
 from tests.fixtures.models import model_cache_dir
 
 
@@ -116,3 +116,10 @@ def test_smollm2_answers_the_capital_of_france(smollm2_base) -> None:
             torch.tensor([prompt]), max_new_tokens=12, do_sample=False, pad_token_id=tok.eos_token_id
         )
     assert "Paris" in tok.decode(out[0, len(prompt) :])
+
+
+def test_tiny_model_is_deterministic_given_the_seed(tmp_path: Path) -> None:
+    a, b, c = (make_tiny_model(tmp_path / name, seed=s) for name, s in (("a", 0), ("b", 0), ("c", 1)))
+    for name in ("model.safetensors", "tokenizer.json", "config.json"):
+        assert (a / name).read_bytes() == (b / name).read_bytes()
+    assert (a / "model.safetensors").read_bytes() != (c / "model.safetensors").read_bytes()
