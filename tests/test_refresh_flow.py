@@ -99,7 +99,9 @@ def test_refresh_generates_registers_and_then_only_follows_changes(prefect_serve
         broken = s.scalar(select(DocumentVersion).where(DocumentVersion.path == "broken.pdf"))
         assert broken.error and broken.text_sha256 is None
         gamma_events = s.scalars(
-            select(AliasEvent).where(AliasEvent.registered_model == models["docs:gamma.html"])
+            select(AliasEvent)
+            .where(AliasEvent.registered_model == models["docs:gamma.html"])
+            .order_by(AliasEvent.id)
         ).all()
         assert [(e.alias, e.from_version, e.to_version) for e in gamma_events][-2:] == [
             ("production", "1", None),
