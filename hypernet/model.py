@@ -175,6 +175,15 @@ class Hypernet(nn.Module):
         self.bias_A = nn.Parameter(torch.randn(L, cfg.bias_rank, cfg.d_in))
         self.bias_B = nn.Parameter(torch.zeros(L, cfg.d_out, cfg.bias_rank))
 
+    def check_base(self, weights_sha256: str) -> None:
+        """Refuse a base model other than the one this network was trained for."""
+        trained_for = self.cfg.base_weights_sha256
+        if trained_for and trained_for != weights_sha256:
+            raise CheckpointError(
+                f"hypernetwork trained for base model {self.cfg.base_model_id!r} "
+                f"(weights {trained_for[:12]}), not for weights {weights_sha256[:12]}"
+            )
+
     def bias_parameters(self) -> list[nn.Parameter]:
         return [self.bias_A, self.bias_B]
 
@@ -242,7 +251,7 @@ class Hypernet(nn.Module):
             b = B[:, layer].permute(1, 0, 2).reshape(-1, n * r)  # [d_out, n*r], same order
             As[path] = torch.cat([a, bias_A[layer]], dim=0)
             Bs[path] = torch.cat([b, bias_B[layer]], dim=1)
-        return LoraWeights(As, Bs, 1.0).detach()
+        return LoraWeights(As, Bs, 1.0)  # on the network's device; no graph under no_grad
 
     @torch.no_grad()
     def bias_only(self) -> LoraWeights:

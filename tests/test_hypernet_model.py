@@ -133,6 +133,13 @@ def test_checkpoint_round_trip_is_safetensors_and_json_only(tiny_base, tmp_path)
     assert save_hypernet(net, tmp_path / "other") != sha
 
 
+def test_a_network_refuses_a_base_model_it_was_not_trained_for(tiny_base):
+    net = _net(tiny_base, base_model_id="tiny", base_weights_sha256=tiny_base.weights_sha256)
+    net.check_base(tiny_base.weights_sha256)
+    with pytest.raises(CheckpointError, match="tiny"):
+        net.check_base("0" * 64)
+
+
 def test_loading_a_missing_or_mismatched_checkpoint_names_the_problem(tiny_base, tmp_path: Path):
     with pytest.raises(CheckpointError, match="missing"):
         load_hypernet(tmp_path)
