@@ -162,10 +162,9 @@ def answer_logprobs(model: nn.Module, batch: Batch, adapter: LoraWeights | None)
 
 def per_group_mean(values: Tensor, group: Tensor, n: int) -> Tensor:
     """Mean of ``values`` [M] within each of ``n`` groups."""
-    sums = torch.zeros(n, dtype=values.dtype, device=values.device).index_add(0, group, values)
-    counts = torch.zeros(n, dtype=values.dtype, device=values.device).index_add(
-        0, group, torch.ones_like(values)
-    )
+    zeros = torch.zeros(n, dtype=values.dtype, device=values.device)
+    sums = zeros.index_add(0, group, values)
+    counts = zeros.index_add(0, group, torch.ones_like(values))
     return sums / counts.clamp(min=1)
 
 
