@@ -17,7 +17,7 @@ from tasks.catalog.models import Document, DocumentVersion, RefreshRun
 from tasks.catalog.models import Source as SourceRow
 from tasks.catalog.types import DocumentState, RunStatus
 from tasks.runtime import Runtime, runtime
-from tasks.sources import build_source, source_uri
+from tasks.sources import build_source, document_filename, source_uri
 from tasks.sources.base import Change, ChangeKind
 
 log = logging.getLogger(__name__)
@@ -101,12 +101,30 @@ def record_change(
             # Same bytes under a new path: re-point lineage, keep the text and its adapter.
             version = _copy_version(previous, change, flow_run_id)
             doc.current_path = change.key
+            doc.title = change.title or doc.title
             return _add_version(session, doc, version, change)
     try:
         data = build_source(_source_cfg(rt, source_name), rt.settings).fetch(change)
     except Exception as exc:
+        if getattr(exc, "permanent", False):  # e.g. over the source's size limit: a retry cannot help
+            return _record_refused(rt, source_name, change, f"cannot fetch: {exc}", flow_run_id)
         return ChangeOutcome(change, None, None, error=f"cannot fetch: {exc}", transient=True)
     return _record_fetched(rt, source_name, change, data, flow_run_id)
+
+
+def _record_refused(
+    rt: Runtime, source_name: str, change: Change, error: str, flow_run_id: str | None
+) -> ChangeOutcome:
+    """Record a version that cannot be fetched, like a parse failure; its bytes are unknown (no hash)."""
+    version = DocumentVersion(
+        source_revision=change.revision or "",
+        raw_sha256="",
+        change_kind=change.kind.value,
+        path=change.title or change.key,
+        error=error,
+        flow_run_id=flow_run_id,
+    )
+    return _record_version(rt, source_name, change, version)
 
 
 def _record_fetched(
@@ -119,20 +137,24 @@ def _record_fetched(
         source_revision=change.revision or raw.sha256,
         raw_sha256=raw.sha256,
         change_kind=change.kind.value,
-        path=change.key,
+        path=change.title or change.key,
         raw_uri=raw.uri,
         flow_run_id=flow_run_id,
     )
-    error = None
+    filename = document_filename(_source_cfg(rt, source_name), change)
     try:
-        parsed = parse_document(data, change.key)
+        parsed = parse_document(data, filename)
     except ParseError as exc:
-        error = str(exc)
-        version.error, version.parser_version = error, parser_version(change.key)
+        version.error, version.parser_version = str(exc), parser_version(filename)
     else:
         text = rt.store.put_bytes(parsed.text.encode("utf-8"), "text")
         version.text_sha256, version.text_uri = parsed.text_sha256, text.uri
         version.parser, version.parser_version = parsed.parser, parsed.parser_version
+    return _record_version(rt, source_name, change, version)
+
+
+def _record_version(rt: Runtime, source_name: str, change: Change, version: DocumentVersion) -> ChangeOutcome:
+    error = version.error
     with session_scope(rt.sessions) as session:
         source = queries.source_by_name(session, source_name)
         doc = _document_for(session, source.id, change)
@@ -173,7 +195,7 @@ def _copy_version(previous: DocumentVersion, change: Change, flow_run_id: str | 
         parser_version=previous.parser_version,
         tokens=previous.tokens,
         change_kind=change.kind.value,
-        path=change.key,
+        path=change.title or change.key,
         raw_uri=previous.raw_uri,
         text_uri=previous.text_uri,
         error=previous.error,
