@@ -200,18 +200,20 @@ class MediaWikiSource:
         return ChangeSet(sort_changes(changes), cursor=str(mark), warnings=warnings)
 
     def fetch(self, change: Change) -> bytes:
-        label = f"{change.key} ({change.title})" if change.title else change.key
+        page = f"page {change.title!r}, " if change.title else ""
         params = {"action": "query", "prop": "revisions", "revids": change.revision, "rvprop": "ids|content"}
         try:
             body = self._api().call({**params, "rvslots": "main"})
         except WikiError as exc:
-            raise DocumentFetchError(self.name, label, str(exc)) from None
+            raise DocumentFetchError(self.name, change.key, f"{page}{exc}") from None
         query = body.get("query", {})
         if query.get("badrevids") or not query.get("pages"):
-            raise StaleRevisionError(self.name, label, f"revision {change.revision} no longer exists")
+            reason = f"{page}revision {change.revision} no longer exists"
+            raise StaleRevisionError(self.name, change.key, reason)
         slot = query["pages"][0]["revisions"][0]["slots"]["main"]
         if slot.get("texthidden") or "content" not in slot:
-            raise DocumentFetchError(self.name, label, f"the text of revision {change.revision} is hidden")
+            reason = f"{page}the text of revision {change.revision} is hidden"
+            raise DocumentFetchError(self.name, change.key, reason)
         return slot["content"].encode("utf-8")
 
     # -- change detection ----------------------------------------------------------------------------
@@ -240,6 +242,8 @@ class MediaWikiSource:
         return mark
 
     def _full(self, api: WikiClient, known: Mapping[str, KnownDocument]) -> tuple[list[Change], Mark]:
+        """Every page compared with the catalog. The catalog holds no titles, so a page moved since it
+        was recorded shows up here as modified (with its new title), not renamed."""
         # The mark is taken first: whatever changes while the pages are listed is read again next run.
         mark = self._latest_mark(api)
         pages: dict[str, PageState] = {}
@@ -254,33 +258,18 @@ class MediaWikiSource:
     def _since(
         self, api: WikiClient, mark: Mark, known: Mapping[str, KnownDocument]
     ) -> tuple[list[Change], Mark]:
-        params = {
-            "list": "recentchanges",
-            "rcstart": mark.timestamp,
-            "rcdir": "newer",
+        params = {"list": "recentchanges", "rcstart": mark.timestamp, "rcdir": "newer"}
+        params |= {
             "rclimit": self.page_size,
+            "rcprop": "ids|title|timestamp|loginfo",
+            "rctype": "edit|new|log",
         }
-        params |= {"rcprop": "ids|title|timestamp|loginfo", "rctype": "edit|new|log"}
         rows = [r for chunk in api.query(params) for r in chunk.get("recentchanges", ()) if mark.before(r)]
         params = {"list": "logevents", "lestart": mark.timestamp, "ledir": "newer", "lelimit": self.page_size}
-        events = [
-            e
-            for chunk in api.query({**params, "leprop": "ids|title|type|timestamp|details"})
-            for e in chunk.get("logevents", ())
-            if e.get("type") in _PAGE_LOG_TYPES
-        ]
+        params["leprop"] = "ids|title|type|timestamp|details"
+        events = [e for chunk in api.query(params) for e in chunk.get("logevents", ())]
         last = max(rows, key=lambda r: (r["timestamp"], r["rcid"]), default=None)
-        # An edit elsewhere cannot matter; a log row can (a move into a watched namespace).
-        rows = [
-            r for r in rows if r["type"] == "log" or r["ns"] in self.namespaces or str(r["pageid"]) in known
-        ]
-        touched = {r["pageid"] for r in rows if r.get("pageid")} | {
-            e["logpage"] for e in events if e.get("logpage")
-        }
-        untitled = [r["title"] for r in rows if not r.get("pageid")]
-        touched |= self._page_ids(api, untitled + [e["title"] for e in events if not e.get("logpage")])
-        moved = {r["pageid"] for r in rows if r.get("logtype") == "move"}
-        moved |= {e["logpage"] for e in events if e["type"] == "move" and e["timestamp"] > mark.timestamp}
+        touched, moved = self._touched(api, mark, rows, events, known)
         states = self._page_states(api, touched)
         changes: list[Change] = []
         for page_id in sorted(touched):
@@ -291,6 +280,30 @@ class MediaWikiSource:
             elif change := self._change(key, page, known, moved=page_id in moved):
                 changes.append(change)
         return changes, Mark(last["timestamp"], last["rcid"]) if last else mark
+
+    def _touched(
+        self,
+        api: WikiClient,
+        mark: Mark,
+        rows: list[dict],
+        events: list[dict],
+        known: Mapping[str, KnownDocument],
+    ) -> tuple[set[int], set[int]]:
+        """Ids of the pages the rows and log events touch, and of those among them that were moved."""
+        # An edit in another namespace cannot matter; a log row can (a move into a watched namespace).
+        rows = [
+            r for r in rows if r["type"] == "log" or r["ns"] in self.namespaces or str(r["pageid"]) in known
+        ]
+        events = [e for e in events if e.get("type") in _PAGE_LOG_TYPES]
+        touched = {r["pageid"] for r in rows if r.get("pageid")} | {
+            e["logpage"] for e in events if e.get("logpage")
+        }
+        untitled = [r["title"] for r in rows if not r.get("pageid")]
+        touched |= self._page_ids(api, untitled + [e["title"] for e in events if not e.get("logpage")])
+        moved = {r["pageid"] for r in rows if r.get("logtype") == "move"}
+        # Log events are asked for from the cursor's second on: those of that very second were seen.
+        moved |= {e["logpage"] for e in events if e["type"] == "move" and e["timestamp"] > mark.timestamp}
+        return touched, moved
 
     @staticmethod
     def _change(key: str, page: PageState, known: Mapping[str, KnownDocument], moved: bool) -> Change | None:
