@@ -44,7 +44,7 @@ def build_generator(settings: Settings, cfg: GeneratorConfig):
 
     from hypernet.base_model import load_base_model
 
-    if settings.threads:
+    if settings.threads > 0:
         torch.set_num_threads(settings.threads)
     base = load_base_model(cfg.base_model, settings.models_dir, device=settings.device)
     return make_generator(cfg.name, base, dict(cfg.options))

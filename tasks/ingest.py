@@ -18,7 +18,7 @@ from tasks.catalog.models import Source as SourceRow
 from tasks.catalog.types import DocumentState, RunStatus
 from tasks.runtime import Runtime, runtime
 from tasks.sources import build_source, document_filename, source_uri
-from tasks.sources.base import Change, ChangeKind
+from tasks.sources.base import Change, ChangeKind, DocumentFetchError
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def record_change(
     try:
         data = build_source(_source_cfg(rt, source_name), rt.settings).fetch(change)
     except Exception as exc:
-        if getattr(exc, "permanent", False):  # e.g. over the source's size limit: a retry cannot help
+        if isinstance(exc, DocumentFetchError) and exc.permanent:  # over a size limit: a retry cannot help
             return _record_refused(rt, source_name, change, f"cannot fetch: {exc}", flow_run_id)
         return ChangeOutcome(change, None, None, error=f"cannot fetch: {exc}", transient=True)
     return _record_fetched(rt, source_name, change, data, flow_run_id)
@@ -118,7 +118,7 @@ def _record_refused(
     """Record a version that cannot be fetched, like a parse failure; its bytes are unknown (no hash)."""
     version = DocumentVersion(
         source_revision=change.revision or "",
-        raw_sha256="",
+        raw_sha256=None,
         change_kind=change.kind.value,
         path=change.title or change.key,
         error=error,

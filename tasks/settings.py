@@ -149,7 +149,10 @@ class Settings(BaseSettings):
     )
     model_cache: Path | None = None
     device: str | None = None  # None: CUDA when present, else CPU
-    threads: int | None = None  # torch CPU threads; None leaves torch's default
+    # torch CPU threads. One by default: on these 2-core machines a 2-thread step stalls badly whenever
+    # another process holds a core (CD on SmolLM2: 70 s/document with 1 thread, ~300 s with 2, measured side
+    # by side under the same load); 0 leaves torch's own default.
+    threads: int = 1
 
     @property
     def catalog(self) -> str:

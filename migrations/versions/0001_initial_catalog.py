@@ -92,7 +92,7 @@ def upgrade() -> None:
         sa.Column("id", sa.Integer(), nullable=False),
         sa.Column("document_id", sa.Integer(), nullable=False),
         sa.Column("source_revision", sa.String(), nullable=False),
-        sa.Column("raw_sha256", sa.String(64), nullable=False),
+        sa.Column("raw_sha256", sa.String(64), nullable=True),
         sa.Column("text_sha256", sa.String(64), nullable=True),
         sa.Column("parser", sa.String(), nullable=True),
         sa.Column("parser_version", sa.String(), nullable=True),

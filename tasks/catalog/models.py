@@ -70,7 +70,7 @@ class DocumentVersion(Base):
     id: Mapped[intpk]
     document_id: Mapped[int] = mapped_column(ForeignKey("documents.id"), index=True)
     source_revision: Mapped[str]  # blob id, object version id / checksum, wiki revid, content sha256
-    raw_sha256: Mapped[sha256]
+    raw_sha256: Mapped[sha256 | None]  # None when the bytes could not be fetched (refused, too large)
     # Half of an adapter's cache key (with the hypernet fingerprint), hence the index.
     text_sha256: Mapped[sha256 | None] = mapped_column(index=True)
     parser: Mapped[str | None]

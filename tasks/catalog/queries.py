@@ -87,7 +87,8 @@ def pending_versions(session: Session, source_id: int, hypernet_id: int) -> list
             same_doc_version.document_id == DocumentVersion.document_id,
             same_doc_version.text_sha256 == DocumentVersion.text_sha256,
             Adapter.hypernet_id == hypernet_id,
-            Adapter.state != AdapterState.FAILED,
+            # Only a live adapter covers the text: a restored or reverted document needs its adapter back.
+            Adapter.state.not_in((AdapterState.FAILED, AdapterState.RETIRED)),
         )
     )
     return list(

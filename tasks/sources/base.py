@@ -60,6 +60,22 @@ class SourceError(RuntimeError):
     """A whole source failed (unreachable, bad credentials, bad config): its cursor stays put."""
 
 
+class DocumentFetchError(RuntimeError):
+    """One document could not be fetched; the pipeline records the failure and retries on the next run.
+
+    ``permanent`` errors (the document itself is unacceptable, e.g. over a size limit) are recorded like a
+    parse failure instead, and not retried while the document is unchanged.
+    """
+
+    permanent = False
+
+    def __init__(self, source: str, key: str, reason: str) -> None:
+        super().__init__(f"source {source!r}: cannot fetch {key!r}: {reason}")
+        self.source = source
+        self.key = key
+        self.reason = reason
+
+
 class Source(Protocol):
     name: str
     kind: str

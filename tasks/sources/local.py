@@ -17,19 +17,17 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
-from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, SourceError, is_document
+from tasks.sources.base import (
+    Change,
+    ChangeKind,
+    ChangeSet,
+    DocumentFetchError,
+    KnownDocument,
+    SourceError,
+    is_document,
+)
 
 _KIND_ORDER = {kind: i for i, kind in enumerate(ChangeKind)}
-
-
-class DocumentFetchError(RuntimeError):
-    """One document could not be fetched; the pipeline records the failure and retries on the next run."""
-
-    def __init__(self, source: str, key: str, reason: str) -> None:
-        super().__init__(f"source {source!r}: cannot fetch {key!r}: {reason}")
-        self.source = source
-        self.key = key
-        self.reason = reason
 
 
 class StaleRevisionError(DocumentFetchError):
