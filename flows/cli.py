@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -134,6 +136,155 @@ def generate(
         f"wrote {out_dir} with {report['generator']} in {report['seconds']:.1f} s "
         f"(adapter sha256 {report['adapter_sha256'][:12]})"
     )
+
+
+ActorOption = Annotated[str | None, typer.Option("--actor", help="Who is acting (default: your login name).")]
+ReasonOption = Annotated[str | None, typer.Option("--reason", help="Why; recorded with the alias event.")]
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+@app.command()
+def promote(
+    document: Annotated[str, typer.Argument(help="SOURCE:KEY or the document's registered model name.")],
+    version: Annotated[
+        str | None, typer.Option("--version", help="Registry version (default: candidate).")
+    ] = None,
+    actor: ActorOption = None,
+    reason: ReasonOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Point a document's `production` alias at a version (default: its candidate)."""
+    settings = _settings(config)
+    from tasks import lifecycle
+
+    with _lifecycle_errors():
+        move = lifecycle.promote(str(settings.config), document, version, actor=actor, reason=reason)
+        lifecycle.write_release(str(settings.config), actor=actor, reason=f"promote {document}")
+    out.print(f"{move.model}: production {move.from_version or '-'} -> {move.to_version}")
+
+
+@app.command()
+def rollback(
+    document: Annotated[str | None, typer.Argument(help="SOURCE:KEY or registered model name.")] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Version (default: the previous production).")
+    ] = None,
+    release: Annotated[str | None, typer.Option("--release", help="Restore a whole release instead.")] = None,
+    actor: ActorOption = None,
+    reason: ReasonOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Move `production` back: for one document, or for every document to a release's versions."""
+    settings = _settings(config)
+    from tasks import lifecycle
+
+    cfg = str(settings.config)
+    if (document is None) == (release is None):
+        _fail("name either a DOCUMENT or --release N")
+    with _lifecycle_errors():
+        if release is not None:
+            moves = lifecycle.rollback_release(cfg, release, actor=actor, reason=reason)
+        else:
+            moves = [lifecycle.rollback(cfg, document, to, actor=actor, reason=reason)]
+            lifecycle.write_release(cfg, actor=actor, reason=f"rollback {document}")
+    for move in moves:
+        out.print(f"{move.model}: production {move.from_version or '-'} -> {move.to_version or '-'}")
+    if not moves:
+        out.print("nothing to move: production already matches")
+
+
+@app.command()
+def releases(config: ConfigOption = None, as_json: JsonFlag = False) -> None:
+    """List the knowledge base's releases (manifests of every document's production version)."""
+    settings = _settings(config)
+    from tasks import lifecycle
+
+    rows = lifecycle.list_releases(str(settings.config))
+    _print_rows(rows, as_json, "releases")
+
+
+@app.command()
+def status(config: ConfigOption = None, as_json: JsonFlag = False) -> None:
+    """What is in production for each live document."""
+    settings = _settings(config)
+    from tasks import audit
+
+    _print_rows(audit.status(str(settings.config)), as_json, "production")
+
+
+audit_app = typer.Typer(
+    no_args_is_help=True, help="Lineage: adapter -> document revision, and every move since."
+)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("adapter")
+def audit_adapter(
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION or NAME@ALIAS")],
+    config: ConfigOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Where an adapter came from: source revision, hashes, generator, base model, QA, runs, alias events."""
+    settings = _settings(config)
+    from tasks import audit
+
+    with _lifecycle_errors():
+        record = audit.audit_adapter(str(settings.config), ref)
+    _print_record(record, as_json)
+
+
+@audit_app.command("doc")
+def audit_doc(
+    ref: Annotated[str, typer.Argument(help="SOURCE:KEY")],
+    config: ConfigOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """A document's versions, their adapters and every alias event of its model."""
+    settings = _settings(config)
+    from tasks import audit
+
+    with _lifecycle_errors():
+        record = audit.audit_document(str(settings.config), ref)
+    _print_record(record, as_json)
+
+
+@contextmanager
+def _lifecycle_errors() -> Iterator[None]:
+    from tasks.lifecycle import LifecycleError
+
+    try:
+        yield
+    except (LifecycleError, ConfigError) as exc:
+        _fail(str(exc))
+
+
+def _print_rows(rows: list[dict], as_json: bool, title: str) -> None:
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    if not rows:
+        out.print(f"no {title}")
+        return
+    table = Table(*rows[0].keys(), title=title)
+    for row in rows:
+        table.add_row(*("-" if v is None else str(v) for v in row.values()))
+    out.print(table)
+
+
+def _print_record(record: dict, as_json: bool) -> None:
+    if as_json:
+        out.print_json(json.dumps(record))
+        return
+    table = Table("field", "value", show_header=False)
+    for key, value in record.items():
+        if isinstance(value, list):
+            continue
+        shown = ", ".join(f"{k}={v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+        table.add_row(key, shown)
+    out.print(table)
+    for key, value in record.items():
+        if isinstance(value, list) and value:
+            _print_rows(value if isinstance(value[0], dict) else [{"value": v} for v in value], False, key)
 
 
 @db_app.command("upgrade")

@@ -18,6 +18,7 @@ from prefect.runtime import flow_run
 from tasks.catalog.types import RunStatus
 from tasks.generate import ensure_generator_row, generate_adapter, pending_versions
 from tasks.ingest import finish_run, plan_source, record_change
+from tasks.lifecycle import write_release
 from tasks.publish import documents_to_retire, register_adapter, retire_document, unregistered_adapters
 from tasks.runtime import runtime
 from tasks.sources.base import ChangeKind
@@ -29,6 +30,7 @@ generate_task = task(generate_adapter, name="generate-adapter")
 register_task = task(register_adapter, name="register-adapter", retries=2, retry_delay_seconds=[1, 5])
 retire_task = task(retire_document, name="retire-document", retries=2, retry_delay_seconds=[1, 5])
 finish_task = task(finish_run, name="finish-source")
+release_task = task(write_release, name="write-release", retries=2, retry_delay_seconds=[1, 5])
 
 
 @dataclass
@@ -72,6 +74,7 @@ def refresh(config: str) -> dict:
         finish_task(config, plan.run_id, status, plan.cursor, counts)
         summary.sources.append({"source": name, "status": status.value, **counts})
     result = summary.as_dict()
+    result["release"] = release_task(config, reason="refresh", flow_run_id=run_id)
     create_markdown_artifact(markdown_report(result), key="refresh-summary", description="instill refresh")
     return result
 
@@ -134,4 +137,6 @@ def markdown_report(result: dict) -> str:
     if result["failed"]:
         lines += ["", "| failed document | reason |", "|---|---|"]
         lines += [f"| {f['document']} | {f['reason']} |" for f in result["failed"]]
+    if result.get("release"):
+        lines += ["", f"Production changed: release {result['release']} written."]
     return "\n".join(lines) + "\n"

@@ -96,6 +96,31 @@ class Registry:
         )
         return RegisteredVersion(record.model, str(mv.version), run_id, reused=False)
 
+    def register_file_version(self, model: str, folder: Path, tags: dict[str, str]) -> str:
+        """A new version of ``model`` holding ``folder``'s files (release manifests); returns the version."""
+        run = self.client.create_run(self.experiment_id(), tags=tags, run_name=model)
+        self.client.log_artifacts(run.info.run_id, str(folder), ADAPTER_ARTIFACT_PATH)
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        if not self._model_exists(model):
+            self.client.create_registered_model(model)
+        source = f"{run.info.artifact_uri}/{ADAPTER_ARTIFACT_PATH}"
+        return str(
+            self.client.create_model_version(model, source=source, run_id=run.info.run_id, tags=tags).version
+        )
+
+    def versions(self, model: str) -> list[str]:
+        if not self._model_exists(model):
+            return []
+        return [str(mv.version) for mv in self.client.search_model_versions(f"name = '{model}'")]
+
+    def download_version(self, model: str, version: str) -> Path:
+        """The files of one version, fetched into a temporary folder."""
+        import tempfile
+
+        mv = self.client.get_model_version(model, str(version))
+        target = Path(tempfile.mkdtemp(prefix="instill-mv-"))
+        return Path(self.client.download_artifacts(mv.run_id, ADAPTER_ARTIFACT_PATH, str(target)))
+
     def alias(self, model: str, alias: str) -> str | None:
         """The version an alias points at, or None."""
         try:

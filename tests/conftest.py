@@ -22,6 +22,7 @@ pytest_plugins = [
     "tests.fixtures.git",
     "tests.fixtures.models",
     "tests.fixtures.prefect",
+    "tests.fixtures.kb",
     "tests.fixtures.s3",
     "tests.fixtures.mediawiki",
 ]

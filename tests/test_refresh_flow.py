@@ -5,54 +5,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-import yaml
 from sqlalchemy import select
-from typer.testing import CliRunner
 
 from tasks.catalog.db import session_scope
 from tasks.catalog.models import Adapter, AliasEvent, Document, DocumentVersion
 from tasks.catalog.types import AdapterState, DocumentState
-from tasks.runtime import forget_runtimes, runtime
-
-DOCS = {
-    "alpha.md": "# Alpha\n\nThe Alpha station opened in 1987. Its chief engineer is Mara Quill.\n",
-    "beta.txt": "Beta robots are serviced every Tuesday. The crew is led by Oren Daltry since 2011.\n",
-    "gamma.html": "<html><body><h1>Gamma</h1><p>Gamma tea is grown on the Sorrel hills at 900 metres.</p>"
-    "<p>The harvest lasts eleven days each spring.</p></body></html>",
-}
-
-
-@pytest.fixture
-def kb(tmp_path: Path, tiny_model_dir: Path, monkeypatch) -> Path:
-    folder = tmp_path / "docs"
-    folder.mkdir()
-    for name, text in DOCS.items():
-        (folder / name).write_text(text, encoding="utf-8")
-    config = tmp_path / "instill.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "name": "testkb",
-                "sources": [{"kind": "local", "name": "docs", "path": "docs"}],
-                "generator": {"name": "cd", "base_model": str(tiny_model_dir), "options": {"steps": 2}},
-                "promotion": {"auto_promote": True},
-            }
-        )
-    )
-    monkeypatch.setenv("INSTILL_HOME", str(tmp_path / ".instill"))
-    forget_runtimes()
-    yield config
-    forget_runtimes()
+from tasks.runtime import runtime
+from tests.fixtures.kb import DOCS, instill, refresh
 
 
 def _run(config: Path, tmp_path: Path, name: str) -> tuple[int, dict, str]:
-    from flows.cli import app
-
-    out = tmp_path / f"{name}.json"
-    result = CliRunner().invoke(app, ["refresh", "--config", str(config), "--json", str(out)])
-    summary = json.loads(out.read_text()) if out.exists() else {}
-    return result.exit_code, summary, result.output
+    return refresh(config, tmp_path / f"{name}.json")
 
 
 def test_refresh_generates_registers_and_then_only_follows_changes(prefect_server, kb, tmp_path):
@@ -132,10 +95,8 @@ def test_registered_adapter_loads_with_peft(prefect_server, kb, tmp_path, tiny_m
 
 
 def test_bad_config_names_the_key(tmp_path):
-    from flows.cli import app
-
     config = tmp_path / "instill.yaml"
     config.write_text("name: kb\nsources:\n  - kind: local\n    name: docs\n")
-    result = CliRunner().invoke(app, ["refresh", "--config", str(config)])
-    assert result.exit_code == 2
-    assert "sources.0.path" in result.output and "Traceback" not in result.output
+    code, output = instill("refresh", "--config", str(config))
+    assert code == 2
+    assert "sources.0.path" in output and "Traceback" not in output
