@@ -3,22 +3,31 @@
 Every generator turns a document's text into ``LoraWeights`` for one base model and names itself by a
 fingerprint: the pipeline keys adapters on (text sha256, generator fingerprint), so a rerun with the
 same base model, generator kind, config (and checkpoint) regenerates nothing. Kinds: ``cd``
-(per-document context distillation), and later ``hypernet`` and ``hypernet+cd``, which the hypernetwork
-module registers with ``register_generator``.
+(per-document context distillation), ``hypernet`` (the trained Doc-to-LoRA network, one pass) and
+``hypernet+cd`` (the generated adapter refined by a few distillation steps). Other kinds can be added
+with ``register_generator``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from hypernet.base_model import BaseModel
+from hypernet.base_model import DEFAULT_BASE_MODEL, BaseModel
 from hypernet.cd import distill
 from hypernet.config import CDConfig
+from hypernet.features import FeatureConfig, FeatureEncoder
 from hypernet.lora import LoraWeights
+from hypernet.model import WEIGHTS_FILE, CheckpointError, Hypernet, checkpoint_sha256, load_hypernet
+
+# The checkpoints shipped with the package: base-model alias -> folder.
+CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"
+SHIPPED_CHECKPOINTS = {DEFAULT_BASE_MODEL: CHECKPOINTS_DIR / DEFAULT_BASE_MODEL}
 
 Progress = Callable[[int, float], None]
 
@@ -109,6 +118,122 @@ class CDGenerator:
         return GeneratedAdapter(result.weights, result.seconds, metrics, result.notes)
 
 
+class HypernetInputError(ValueError):
+    """A document the hypernetwork cannot read (no tokens); the message says why."""
+
+
+@dataclass(frozen=True)
+class HypernetGeneratorConfig:
+    """Options of ``hypernet`` and ``hypernet+cd``.
+
+    ``checkpoint`` is a folder with ``hypernet.safetensors`` (default: the shipped one for the base
+    model's alias). ``max_chunks`` bounds the rank of long documents (``max_chunks * rank + bias rank``):
+    text beyond it is dropped, with a note. ``refine`` is the CD configuration of ``hypernet+cd``'s
+    refinement (its rank and alpha are unused: the generated adapter fixes both).
+    """
+
+    checkpoint: str | None = None
+    max_chunks: int = 8
+    refine: CDConfig = field(default_factory=lambda: CDConfig(steps=10))
+
+    def __post_init__(self) -> None:
+        if self.max_chunks < 1:
+            raise ValueError(f"invalid value for max_chunks: {self.max_chunks} (must be >= 1)")
+
+    def fingerprint_config(self, refine: bool) -> dict[str, Any]:
+        """What determines the output besides the checkpoint bytes (its path does not)."""
+        out: dict[str, Any] = {"max_chunks": self.max_chunks}
+        if refine:
+            out["refine"] = self.refine.to_dict()
+        return out
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any], refine: bool) -> HypernetGeneratorConfig:
+        """``checkpoint`` and ``max_chunks``, plus (``hypernet+cd`` only) any CDConfig field."""
+        own = {"checkpoint", "max_chunks"}
+        cd_keys = set(CDConfig.__dataclass_fields__) if refine else set()
+        unknown = sorted(set(options) - own - cd_keys)
+        if unknown:
+            raise ValueError(f"unknown option(s) {unknown}; known: {sorted(own | cd_keys)}")
+        cd_options = {"steps": 10} | {k: v for k, v in options.items() if k in cd_keys}
+        mine = {k: v for k, v in options.items() if k in own}
+        return cls(refine=CDConfig.from_dict(cd_options), **mine)
+
+
+def default_checkpoint(base: BaseModel) -> Path | None:
+    """The shipped checkpoint folder for ``base``'s alias, if the package has one."""
+    folder = SHIPPED_CHECKPOINTS.get(base.model_id)
+    return folder if folder is not None and (folder / WEIGHTS_FILE).is_file() else None
+
+
+class HypernetGenerator:
+    """Doc-to-LoRA: one pass of the frozen base model over the document, one of the hypernetwork.
+
+    Documents longer than the network's chunk size are cut into chunks; each chunk's LoRA is
+    concatenated along rank and the bias LoRA added once (rank ``chunks * r + bias rank``, scaling 1).
+    """
+
+    name = "hypernet"
+
+    def __init__(self, base: BaseModel, net: Hypernet, checkpoint_sha: str, cfg: HypernetGeneratorConfig):
+        self.base, self.net, self.cfg = base, net, cfg
+        self.checkpoint_sha256 = checkpoint_sha
+        self.encoder = FeatureEncoder(base, FeatureConfig(chunk_tokens=net.cfg.chunk_tokens, memory_bytes=0))
+
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.name, self.base, self._config(), self.checkpoint_sha256)
+
+    def describe(self) -> dict[str, Any]:
+        return describe_generator(self.name, self.base, self._config(), self.checkpoint_sha256)
+
+    def _config(self) -> dict[str, Any]:
+        return self.cfg.fingerprint_config(refine=False)
+
+    def generated(self, text: str) -> tuple[LoraWeights, dict[str, float], list[str]]:
+        """The generated adapter (on the CPU), its metrics and notes."""
+        chunks = self.encoder.chunk_ids(text)
+        if not text.strip():
+            raise HypernetInputError("document is empty: the hypernetwork has nothing to read")
+        notes = []
+        if len(chunks) > self.cfg.max_chunks:
+            size = self.net.cfg.chunk_tokens
+            notes.append(
+                f"document truncated to its first {self.cfg.max_chunks} chunks "
+                f"({self.cfg.max_chunks * size} tokens) of {len(chunks)}"
+            )
+            chunks = chunks[: self.cfg.max_chunks]
+        features = [self.encoder.encode_ids(ids) for ids in chunks]
+        weights = self.net.generate(features).detach()
+        metrics = {"chunks": float(len(chunks)), "doc_tokens": float(sum(f.shape[1] for f in features))}
+        return weights, metrics, notes
+
+    def generate(self, text: str, progress: Progress | None = None) -> GeneratedAdapter:
+        start = time.perf_counter()
+        weights, metrics, notes = self.generated(text)
+        return GeneratedAdapter(weights, time.perf_counter() - start, metrics, notes)
+
+
+class HypernetCDGenerator(HypernetGenerator):
+    """The generated adapter as the starting point of a few context-distillation steps."""
+
+    name = "hypernet+cd"
+
+    def _config(self) -> dict[str, Any]:
+        return self.cfg.fingerprint_config(refine=True)
+
+    def generate(self, text: str, progress: Progress | None = None) -> GeneratedAdapter:
+        start = time.perf_counter()
+        init, metrics, notes = self.generated(text)
+        result = distill(self.base, text, self.cfg.refine, init=init, progress=progress)
+        metrics |= {
+            "kl_start": result.losses[0] if result.losses else result.final_loss,
+            "kl_end": result.final_loss,
+            "steps": float(len(result.losses)),
+            "probes": float(len(result.probes)),
+        }
+        return GeneratedAdapter(result.weights, time.perf_counter() - start, metrics, notes + result.notes)
+
+
 GeneratorBuilder = Callable[[BaseModel, dict[str, Any]], Generator]
 
 
@@ -119,20 +244,34 @@ def _build_cd(base: BaseModel, options: dict[str, Any]) -> Generator:
         raise GeneratorError(f"generator 'cd': {exc}") from exc
 
 
-def _needs_checkpoint(name: str) -> GeneratorBuilder:
+def _hypernet_builder(name: str, cls: type[HypernetGenerator]) -> GeneratorBuilder:
     def build(base: BaseModel, options: dict[str, Any]) -> Generator:
-        raise GeneratorError(
-            f"generator {name!r} needs a trained checkpoint: none is registered for this installation yet "
-            "(train one with `instill train-hypernet`, or use generator 'cd')"
-        )
+        try:
+            cfg = HypernetGeneratorConfig.from_options(options, refine=cls is HypernetCDGenerator)
+        except (TypeError, ValueError) as exc:
+            raise GeneratorError(f"generator {name!r}: {exc}") from exc
+        folder = Path(cfg.checkpoint) if cfg.checkpoint else default_checkpoint(base)
+        if folder is None:
+            raise GeneratorError(
+                f"generator {name!r} needs a trained checkpoint: none is shipped for base model "
+                f"{base.model_id!r} (train one with `instill train-hypernet` and set the option "
+                f"`checkpoint`, or use generator 'cd')"
+            )
+        try:
+            net = load_hypernet(folder, base.device)
+            net.check_base(base.weights_sha256)
+            sha = checkpoint_sha256(folder)
+        except (CheckpointError, OSError) as exc:
+            raise GeneratorError(f"generator {name!r}: {exc}") from exc
+        return cls(base, net, sha, cfg)
 
     return build
 
 
 _BUILDERS: dict[str, GeneratorBuilder] = {
     "cd": _build_cd,
-    "hypernet": _needs_checkpoint("hypernet"),
-    "hypernet+cd": _needs_checkpoint("hypernet+cd"),
+    "hypernet": _hypernet_builder("hypernet", HypernetGenerator),
+    "hypernet+cd": _hypernet_builder("hypernet+cd", HypernetCDGenerator),
 }
 
 
