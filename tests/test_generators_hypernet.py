@@ -13,7 +13,6 @@ from transformers import AutoModelForCausalLM
 
 from hypernet.adapter import save_adapter
 from hypernet.base_model import load_base_model
-from hypernet.data import DataConfig
 from hypernet.generators import (
     GeneratorError,
     HypernetCDGenerator,
@@ -24,9 +23,9 @@ from hypernet.generators import (
 from hypernet.lora import applied
 from hypernet.model import checkpoint_sha256, load_hypernet, save_hypernet
 from hypernet.tiny import make_tiny_model
-from hypernet.train import TrainConfig, train
+from tests.fixtures.hypernet import TINY_NET, train_tiny_checkpoint
 
-NET = {"d": 32, "n_latents": 4, "n_blocks": 1, "rank": 4, "bias_rank": 4, "chunk_tokens": 32}
+NET = TINY_NET
 DOC = (
     "The river town of Alder Bay was founded in 1821 by fishermen from the northern coast. "
     "Engineers built a new bridge across the river in 1998, and it is 240 metres long."
@@ -36,19 +35,7 @@ DOC = (
 @pytest.fixture(scope="module")
 def checkpoint(tiny_base, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny hypernetwork trained for a few steps (enough to move its generated path off zero)."""
-    cfg = TrainConfig(
-        data=DataConfig(n_train=16, n_heldout=4, max_level=2),
-        net=NET,
-        steps=12,
-        bias_steps=3,
-        batch_docs=4,
-        lr=1e-2,
-        warmup=1,
-        eval_every=0,
-        em_docs=0,
-        ckpt_every=100,
-    )
-    final = train(cfg, tiny_base, tmp_path_factory.mktemp("hypernet-run"), lambda record: None)
+    final = train_tiny_checkpoint(tiny_base, tmp_path_factory.mktemp("hypernet-run"))
     assert load_hypernet(final).gen_scale.abs().sum() > 0
     return final
 
