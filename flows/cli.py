@@ -26,7 +26,7 @@ app = typer.Typer(
 )
 db_app = typer.Typer(no_args_is_help=True, help="The SQL catalog.")
 app.add_typer(db_app, name="db")
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)
 out = Console()
 
 ConfigOption = Annotated[
@@ -72,6 +72,12 @@ def refresh(
     except ConfigError as exc:
         _fail(str(exc))
     from flows.refresh import refresh as refresh_flow
+    from tasks.runtime import CatalogNotReady, prepare_catalog
+
+    try:
+        prepare_catalog(settings.catalog)
+    except CatalogNotReady as exc:
+        _fail(str(exc))
 
     console.print(f"refreshing [bold]{kb.name}[/] ({len(kb.sources)} source(s)) from {settings.config}")
     result = refresh_flow(str(settings.config.resolve()))

@@ -40,9 +40,9 @@ class GenerateOutcome:
 def build_generator(settings: Settings, cfg: GeneratorConfig):
     """Load the base model once and wrap it in the configured generator."""
     import torch
-    from hypernet.generators import make_generator
 
     from hypernet.base_model import load_base_model
+    from hypernet.generators import make_generator
 
     if settings.threads > 0:
         torch.set_num_threads(settings.threads)

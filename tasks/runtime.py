@@ -65,6 +65,10 @@ def runtime(config: str | Path) -> Runtime:
     return _RUNTIMES[path]
 
 
+class CatalogNotReady(RuntimeError):
+    """A server catalog that is behind the code's migrations."""
+
+
 def prepare_catalog(url: str) -> None:
     """Upgrade an embedded SQLite catalog by itself; a server catalog must be upgraded explicitly."""
     if url.startswith("sqlite"):
@@ -73,7 +77,7 @@ def prepare_catalog(url: str) -> None:
     from tasks.catalog.db import current_revision, head_revision
 
     if current_revision(url) != head_revision():
-        raise RuntimeError(
+        raise CatalogNotReady(
             f"the catalog at {_redact(url)} is not at the latest migration: run `instill db upgrade`"
         )
 

@@ -1,0 +1,81 @@
+"""The `instill` commands a user runs outside a refresh: generate, db upgrade, and a server catalog."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import yaml
+from sqlalchemy import func, select
+
+from hypernet.adapter import adapter_sha256, load_adapter
+from tasks.catalog.db import current_revision, head_revision, session_factory, session_scope
+from tasks.catalog.models import Adapter
+from tasks.parse import parse_document
+from tasks.runtime import forget_runtimes
+from tests.fixtures.kb import instill, refresh
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "kb" / "on-call-policy.md"
+
+
+def test_generate_writes_a_peft_adapter_folder_for_one_file(kb, tmp_path, tiny_model_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "adapter"
+    code, output = instill("generate", str(EXAMPLE), "--out", str(out), "--config", str(kb))
+    assert code == 0, output
+    lineage = json.loads((out / "instill.json").read_text())
+    assert lineage["text_sha256"] == parse_document(EXAMPLE.read_bytes(), EXAMPLE.name).text_sha256
+    assert lineage["generator"]["kind"] == "cd"
+    assert adapter_sha256(out)[:12] in output
+    weights = load_adapter(out)
+    assert weights.rank == 8 and weights.target_names == ["down_proj"]
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), out)
+    assert sum("lora_B" in n for n, _ in model.named_parameters()) == 2
+
+
+def test_generate_names_a_missing_or_broken_file(kb, tmp_path):
+    code, output = instill(
+        "generate", str(tmp_path / "none.md"), "--out", str(tmp_path / "x"), "--config", str(kb)
+    )
+    assert code == 2 and "none.md: no such file" in output
+    broken = tmp_path / "broken.docx"
+    broken.write_bytes(b"not a zip at all")
+    code, output = instill("generate", str(broken), "--out", str(tmp_path / "y"), "--config", str(kb))
+    assert code == 2 and "broken.docx" in output and "Traceback" not in output
+
+
+def test_refresh_on_a_postgres_catalog_needs_db_upgrade_first(
+    prefect_server, kb, tmp_path, postgres_databases, monkeypatch
+):
+    url = postgres_databases()
+    monkeypatch.setenv("INSTILL_CATALOG_URL", url)
+    forget_runtimes()
+    code, _, output = refresh(kb, tmp_path / "early.json")
+    assert code != 0 and "instill db upgrade" in output
+    code, output = instill("db", "upgrade", "--config", str(kb))
+    assert code == 0, output
+    assert current_revision(url) == head_revision()
+    forget_runtimes()
+    code, summary, output = refresh(kb, tmp_path / "pg.json")
+    assert code == 0, output
+    assert summary["changed"]["added"] == 3 and len(summary["registered"]) == 3
+    with session_scope(session_factory(url)) as s:
+        assert s.scalar(select(func.count()).select_from(Adapter)) == 3
+    assert not (Path(tmp_path) / ".instill" / "catalog.db").exists(), "nothing went to the embedded catalog"
+
+
+def test_config_with_an_unknown_key_is_refused(tmp_path):
+    config = tmp_path / "instill.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "kb",
+                "sources": [{"kind": "local", "name": "d", "path": "."}],
+                "promotion": {"auto_promot": True},
+            }
+        )
+    )
+    code, output = instill("refresh", "--config", str(config))
+    assert code == 2 and "promotion.auto_promot" in output
