@@ -1,0 +1,60 @@
+"""`instill bench` on the tiny Llama: the JSON shape and positive figures (no timed assertions)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hypernet.bench import BenchConfig, PeakMemory, long_document, rss_mb, run_bench, to_markdown
+from tests.fixtures.hypernet import train_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tiny_base, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny_checkpoint(tiny_base, tmp_path_factory.mktemp("hypernet-run"))
+
+
+def test_bench_times_every_generator_on_the_same_documents(tiny_base, checkpoint: Path) -> None:
+    cfg = BenchConfig(
+        docs=2,
+        checkpoint=str(checkpoint),
+        generator_options={"cd": {"steps": 2}, "hypernet+cd": {"steps": 2}},
+        long_tokens=64,
+        repeats=1,
+    )
+    records: list[dict] = []
+    result = run_bench(tiny_base, cfg, records.append)
+    assert set(result["seconds_per_doc"]) == {"hypernet", "cd", "hypernet+cd"}
+    assert all(v > 0 for v in result["seconds_per_doc"].values())
+    assert result["speedup_vs_hypernet"]["hypernet"] == 1.0
+    assert all(v > 0 for v in result["speedup_vs_hypernet"].values())
+    long = result["long_document"]
+    assert long["tokens"] == 64 and long["chunks"] == 2  # 32-token chunks
+    assert min(long["seconds"], long["feature_pass_seconds"], long["hypernet_pass_seconds"]) > 0
+    assert all(v >= result["rss_before_mb"] * 0.5 > 0 for v in result["peak_rss_mb"].values())
+    assert [r["doc"] for r in records if r["kind"] == "bench-doc"] == [0, 1]
+    assert json.loads(json.dumps(result)) == result
+    table = to_markdown(result)
+    assert "| cd |" in table and "A 64-token document (2 chunks)" in table
+
+
+def test_peak_memory_sees_an_allocation_inside_the_block() -> None:
+    peak = PeakMemory()
+    before = rss_mb()
+    with peak.watch():
+        block = bytearray(64 * 2**20)  # 64 MiB, touched
+        block[::4096] = b"x" * len(block[::4096])
+        del block
+    assert peak.peak_mb >= before + 32
+
+
+def test_long_document_has_the_exact_token_count(tiny_base) -> None:
+    text = long_document(tiny_base, 100)
+    assert len(tiny_base.tokenizer(text, add_special_tokens=False)["input_ids"]) == 100
+
+
+def test_bench_config_needs_the_hypernet_reference() -> None:
+    with pytest.raises(ValueError, match="must include 'hypernet'"):
+        BenchConfig(generators=("cd",))
