@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import tasks.sources.local as local_module
 from tasks.sources.base import Change, ChangeKind, KnownDocument, SourceError
 from tasks.sources.local import LocalFolderSource, StaleRevisionError, glob_regex, is_selected, pair_renames
 
@@ -161,12 +162,20 @@ def test_symlink_pointing_outside_the_folder_is_skipped(folder: Path, tmp_path: 
     assert "alias.md" in keys
 
 
-def test_unreadable_known_file_is_kept_with_a_warning_not_deleted(folder: Path) -> None:
-    if os.geteuid() == 0:
-        pytest.skip("root reads files whatever their mode")
+def test_unreadable_known_file_is_kept_with_a_warning_not_deleted(folder: Path, monkeypatch) -> None:
     source = LocalFolderSource("notes", folder)
     known = known_from(source.changes(None, {}).changes)
     (folder / "a.md").chmod(0)
+    if os.geteuid() == 0:
+        # Root reads files whatever their mode (and CI runs as root): make the read fail as it would for a user.
+        real = local_module.sha256_file
+
+        def denied(path: Path) -> str:
+            if path.name == "a.md":
+                raise PermissionError(13, "Permission denied", str(path))
+            return real(path)
+
+        monkeypatch.setattr(local_module, "sha256_file", denied)
     result = source.changes(None, known)
     assert result.changes == []
     assert "a.md" in result.warnings[0]
