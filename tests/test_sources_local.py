@@ -167,7 +167,7 @@ def test_unreadable_known_file_is_kept_with_a_warning_not_deleted(folder: Path, 
     known = known_from(source.changes(None, {}).changes)
     (folder / "a.md").chmod(0)
     if os.geteuid() == 0:
-        # Root reads files whatever their mode (and CI runs as root): make the read fail as it would for a user.
+        # Root reads files whatever their mode (CI runs as root): fail the read as it would for a user.
         real = local_module.sha256_file
 
         def denied(path: Path) -> str:
