@@ -612,8 +612,17 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.n_train=800")
     args = p.parse_args(argv)
     options: dict[str, Any] = {"max_minutes": args.minutes} | ({"steps": args.steps} if args.steps else {})
-    for item in args.set:
-        key, _, raw = item.partition("=")
+    return args, TrainConfig(**(options | parse_overrides(args.set)))
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings as TrainConfig fields: values parsed as JSON when they are, dotted keys
+    (``data.n_train=800``) nested one level."""
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"expected KEY=VALUE, got {item!r}")
         try:
             value = json.loads(raw)
         except ValueError:
@@ -623,7 +632,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, Train
             options.setdefault(head, {})[tail] = value
         else:
             options[key] = value
-    return args, TrainConfig(**options)
+    return options
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -58,3 +58,33 @@ def test_long_document_has_the_exact_token_count(tiny_base) -> None:
 def test_bench_config_needs_the_hypernet_reference() -> None:
     with pytest.raises(ValueError, match="must include 'hypernet'"):
         BenchConfig(generators=("cd",))
+
+
+def test_bench_command_writes_json_and_markdown(
+    tiny_model_dir: Path, checkpoint: Path, tmp_path, monkeypatch
+):
+    import typer
+    from typer.testing import CliRunner
+
+    from flows.ml_commands import register
+
+    monkeypatch.setenv("INSTILL_HOME", str(tmp_path / ".instill"))
+    app = typer.Typer()
+    app.command("noop")(lambda: None)
+    register(app)
+    args = ["bench", "--json", str(tmp_path / "b.json"), "--md", str(tmp_path / "b.md"), "--base"]
+    args += [
+        str(tiny_model_dir),
+        "--checkpoint",
+        str(checkpoint),
+        "--docs",
+        "1",
+        "--generators",
+        "hypernet,cd",
+    ]
+    args += ["--cd-steps", "1", "--long-tokens", "40", "--repeats", "1"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert set(data["seconds_per_doc"]) == {"hypernet", "cd"} and data["long_document"]["tokens"] == 40
+    assert "A 40-token document" in (tmp_path / "b.md").read_text()

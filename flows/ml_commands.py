@@ -1,0 +1,200 @@
+"""The ML engineer's commands: `instill train-hypernet`, `instill eval`, `instill bench`.
+
+``register(app)`` adds them to the main typer app (flows/cli.py calls it). Heavy imports happen inside
+the commands so that `instill --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from tasks.settings import Settings, apply_runtime_env
+
+console = Console(stderr=True)
+out = Console()
+
+BaseOption = Annotated[str, typer.Option("--base", help="Base model alias or local HF model dir.")]
+CheckpointOption = Annotated[
+    Path | None,
+    typer.Option("--checkpoint", help="Hypernetwork checkpoint dir (default: the one shipped for the base)."),
+]
+ThreadsOption = Annotated[int, typer.Option("--threads", help="torch CPU threads (0: torch's default).")]
+DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: CUDA if present).")]
+
+
+def _settings() -> Settings:
+    settings = Settings()
+    apply_runtime_env(settings.home)
+    return settings
+
+
+def _fail(message: str, code: int = 2) -> None:
+    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _load_base(settings: Settings, spec: str, device: str | None, threads: int):
+    import torch
+
+    from hypernet.base_model import BaseModelError, load_base_model
+
+    if threads > 0:
+        torch.set_num_threads(threads)
+    try:
+        return load_base_model(spec, settings.models_dir, device=device or settings.device)
+    except BaseModelError as exc:
+        _fail(str(exc))
+
+
+def _progress(record: dict[str, Any]) -> None:
+    console.print(json.dumps(record), highlight=False)
+
+
+def _write(result: dict[str, Any], markdown: str, json_path: Path, md_path: Path | None) -> None:
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    md_path = md_path or json_path.with_suffix(".md")
+    md_path.write_text(markdown, encoding="utf-8")
+    out.print(markdown, markup=False, highlight=False)
+    console.print(f"wrote {json_path} and {md_path}")
+
+
+def _generator_options(cd_steps: int | None, refine_steps: int | None) -> dict[str, dict[str, Any]]:
+    options: dict[str, dict[str, Any]] = {}
+    if cd_steps is not None:
+        options["cd"] = {"steps": cd_steps}
+    if refine_steps is not None:
+        options["hypernet+cd"] = {"steps": refine_steps}
+    return options
+
+
+def train_hypernet_command(
+    out_dir: Annotated[Path, typer.Option("--out", help="Run dir: checkpoint/, metrics.jsonl, final/.")],
+    base: BaseOption = "smollm2-135m-instruct",
+    minutes: Annotated[float | None, typer.Option(help="Wall-clock bound on the training loop.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimiser steps (the schedule's length).")] = None,
+    sets: Annotated[
+        list[str] | None, typer.Option("--set", help="TrainConfig field, e.g. data.n_train=800 (repeatable).")
+    ] = None,
+    device: DeviceOption = None,
+    threads: ThreadsOption = 1,
+) -> None:
+    """Train (or resume) the Doc-to-LoRA hypernetwork; metrics go to MLflow."""
+    _settings()
+    from flows.train import train_hypernet
+    from hypernet.train import TrainError, parse_overrides
+
+    try:
+        options = parse_overrides(sets or [])
+        result = train_hypernet(
+            str(out_dir), base, options, minutes=minutes, steps=steps, device=device, threads=threads
+        )
+    except (TrainError, ValueError, TypeError) as exc:
+        _fail(str(exc))
+    gap = result["heldout_eval"]["gap_closed"]["mean"]
+    wrong = result["heldout_eval"]["gap_closed_wrong_doc"]
+    out.print(
+        f"final checkpoint {result['final']} (sha256 {result['checkpoint_sha256'][:12]}), "
+        f"{result['steps']} steps on {result['device']}: held-out gap closed {gap:.3f}, "
+        f"wrong document {wrong:.3f}"
+    )
+
+
+def eval_command(
+    json_path: Annotated[Path, typer.Option("--json", help="Write the results here (JSON).")],
+    md_path: Annotated[
+        Path | None, typer.Option("--md", help="Markdown table (default: beside --json).")
+    ] = None,
+    base: BaseOption = "smollm2-135m-instruct",
+    checkpoint: CheckpointOption = None,
+    synthetic_docs: Annotated[int, typer.Option(help="Held-out synthetic documents.")] = 48,
+    real_docs: Annotated[int, typer.Option(help="Held-out real-text documents.")] = 24,
+    em_docs: Annotated[int, typer.Option(help="Documents per set also answered greedily.")] = 12,
+    generator_docs: Annotated[int, typer.Option(help="Documents every generator runs on.")] = 6,
+    generators: Annotated[
+        str, typer.Option(help="Comma-separated generators to compare.")
+    ] = "hypernet,cd,hypernet+cd",
+    cd_steps: Annotated[int | None, typer.Option(help="Steps of the `cd` generator.")] = None,
+    refine_steps: Annotated[int | None, typer.Option(help="Refinement steps of `hypernet+cd`.")] = None,
+    device: DeviceOption = None,
+    threads: ThreadsOption = 1,
+) -> None:
+    """Measure the generators on held-out documents: five conditions, gap closed with CIs, exact match."""
+    settings = _settings()
+    from hypernet.eval import EvalConfig, run_eval, to_markdown
+    from hypernet.generators import GeneratorError
+
+    try:
+        cfg = EvalConfig(
+            synthetic_docs=synthetic_docs,
+            real_docs=real_docs,
+            em_docs=em_docs,
+            generator_docs=generator_docs,
+            generators=tuple(g.strip() for g in generators.split(",") if g.strip()),
+            generator_options=_generator_options(cd_steps, refine_steps),
+            checkpoint=str(checkpoint) if checkpoint else None,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    model = _load_base(settings, base, device, threads)
+    try:
+        result = run_eval(model, cfg, _progress)
+    except GeneratorError as exc:
+        _fail(str(exc))
+    _write(result, to_markdown(result), json_path, md_path)
+
+
+def bench_command(
+    json_path: Annotated[Path, typer.Option("--json", help="Write the results here (JSON).")],
+    md_path: Annotated[
+        Path | None, typer.Option("--md", help="Markdown table (default: beside --json).")
+    ] = None,
+    base: BaseOption = "smollm2-135m-instruct",
+    checkpoint: CheckpointOption = None,
+    docs: Annotated[int, typer.Option(help="Documents timed with every generator.")] = 4,
+    generators: Annotated[
+        str, typer.Option(help="Comma-separated generators to time.")
+    ] = "hypernet,cd,hypernet+cd",
+    cd_steps: Annotated[int | None, typer.Option(help="Steps of the `cd` generator.")] = None,
+    refine_steps: Annotated[int | None, typer.Option(help="Refinement steps of `hypernet+cd`.")] = None,
+    long_tokens: Annotated[
+        int, typer.Option(help="Length of the long document timed with `hypernet`.")
+    ] = 512,
+    repeats: Annotated[int, typer.Option(help="Repeats of the long-document timing (median).")] = 3,
+    device: DeviceOption = None,
+    threads: ThreadsOption = 1,
+) -> None:
+    """Time the generators side by side (ratios), a 512-token document, and peak memory."""
+    settings = _settings()
+    from hypernet.bench import BenchConfig, run_bench, to_markdown
+    from hypernet.generators import GeneratorError
+
+    try:
+        cfg = BenchConfig(
+            docs=docs,
+            generators=tuple(g.strip() for g in generators.split(",") if g.strip()),
+            generator_options=_generator_options(cd_steps, refine_steps),
+            checkpoint=str(checkpoint) if checkpoint else None,
+            long_tokens=long_tokens,
+            repeats=repeats,
+        )
+    except ValueError as exc:
+        _fail(str(exc))
+    model = _load_base(settings, base, device, threads)
+    try:
+        result = run_bench(model, cfg, _progress)
+    except GeneratorError as exc:
+        _fail(str(exc))
+    _write(result, to_markdown(result), json_path, md_path)
+
+
+def register(app: typer.Typer) -> None:
+    """Add `train-hypernet`, `eval` and `bench` to ``app``."""
+    app.command("train-hypernet")(train_hypernet_command)
+    app.command("eval")(eval_command)
+    app.command("bench")(bench_command)

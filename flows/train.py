@@ -1,0 +1,138 @@
+"""The `train-hypernet` flow: meta-train a Doc-to-LoRA hypernetwork, metrics streamed to MLflow.
+
+Training itself is ``hypernet.train.train`` (resumable from ``out_dir/checkpoint``); this flow picks
+the device (CUDA when present), loads the base model, opens one MLflow run and logs every record the
+trainer emits through its callback: training records as ``train/*`` metrics at their step, held-out
+evaluations as ``eval/*`` (nested figures flattened: ``eval/gap_closed/mean``), the final evaluation
+as ``final/*``, and the checkpoint's sha256 as a tag. The checkpoint files stay in ``out_dir``;
+MLflow gets its ``hypernet.json`` and ``metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from prefect import flow
+
+from tasks.settings import Settings
+
+EXPERIMENT = "instill-hypernet"
+_SKIP = {"time", "kind", "step", "stage", "from"}
+
+
+def flatten(record: dict[str, Any], prefix: str) -> dict[str, float]:
+    """Numeric leaves of a (nested) record as ``prefix/key/subkey`` metrics; booleans and text dropped."""
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if key in _SKIP:
+            continue
+        name = f"{prefix}/{key}"
+        if isinstance(value, dict):
+            out |= flatten(value, name)
+        elif isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            out[name] = float(value)
+    return out
+
+
+def params_of(config: dict[str, Any], prefix: str) -> dict[str, str]:
+    """Every leaf of a nested config as ``prefix/key`` -> its JSON text (MLflow params are strings)."""
+    out: dict[str, str] = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out |= params_of(value, f"{prefix}/{key}")
+        else:
+            out[f"{prefix}/{key}"] = json.dumps(value)[:500]
+    return out
+
+
+class MlflowLogger:
+    """The trainer's ``log`` callback: each record becomes metrics of one MLflow run."""
+
+    def __init__(self, client: MlflowClient, run_id: str, echo: bool = True) -> None:
+        self.client, self.run_id, self.echo = client, run_id, echo
+        self.last_step = 0
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        kind = record.get("kind", "")
+        step = int(record.get("step", self.last_step))
+        self.last_step = step
+        prefix = {"train": "train", "eval": "eval", "final": "final", "precompute": "precompute"}.get(kind)
+        if prefix:
+            metrics = flatten(record, prefix)
+            for name, value in metrics.items():
+                self.client.log_metric(self.run_id, name, value, step=step)
+        if self.echo:
+            print(json.dumps(record), flush=True)
+
+
+def _experiment_id(client: MlflowClient, settings: Settings, name: str) -> str:
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    settings.artifact_root.mkdir(parents=True, exist_ok=True)
+    return client.create_experiment(name, (settings.artifact_root / name).as_uri())
+
+
+@flow(name="train-hypernet")
+def train_hypernet(
+    out_dir: str,
+    base_model: str = "smollm2-135m-instruct",
+    options: dict[str, Any] | None = None,
+    minutes: float | None = None,
+    steps: int | None = None,
+    device: str | None = None,
+    threads: int = 1,
+    experiment: str = EXPERIMENT,
+    echo: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume) a hypernetwork into ``out_dir``; returns the final checkpoint and its figures.
+
+    ``options`` are ``TrainConfig`` fields (nested ``data``/``net`` as dicts); ``device`` defaults to
+    CUDA when present, else the settings' device, else CPU.
+    """
+    import torch
+
+    from hypernet.base_model import load_base_model
+    from hypernet.model import checkpoint_sha256
+    from hypernet.train import TrainConfig, train
+
+    settings = Settings()
+    if threads > 0:
+        torch.set_num_threads(threads)
+    device = device or ("cuda" if torch.cuda.is_available() else settings.device or "cpu")
+    fields = dict(options or {}) | {"max_minutes": minutes} | ({"steps": steps} if steps else {})
+    cfg = TrainConfig(**fields)
+    base = load_base_model(base_model, settings.models_dir, device=device)
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    run = client.create_run(
+        _experiment_id(client, settings, experiment),
+        run_name=Path(out_dir).name,
+        tags={"base_model_id": base.model_id, "base_model_sha256": base.weights_sha256, "device": device},
+    )
+    run_id = run.info.run_id
+    client.log_dict(run_id, cfg.to_dict(), "train_config.json")
+    for key, value in params_of(cfg.to_dict(), "cfg").items():
+        client.log_param(run_id, key, value)
+    try:
+        final = train(cfg, base, Path(out_dir), MlflowLogger(client, run_id, echo))
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    sha = checkpoint_sha256(final)
+    client.set_tag(run_id, "checkpoint_sha256", sha)
+    client.log_artifact(run_id, str(final / "hypernet.json"))
+    client.log_artifact(run_id, str(Path(out_dir) / "metrics.jsonl"))
+    client.set_terminated(run_id)
+    summary = json.loads((final / "hypernet.json").read_text())["training"]
+    return {
+        "final": str(final),
+        "checkpoint_sha256": sha,
+        "mlflow_run_id": run_id,
+        "device": device,
+        "steps": summary["steps"],
+        "heldout_eval": summary["heldout_eval"],
+    }

@@ -1,0 +1,98 @@
+"""The `train-hypernet` flow and command on the tiny Llama: a checkpoint comes out, MLflow gets the
+metrics at their steps and the checkpoint's sha256; bad overrides are named."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import typer
+from mlflow import MlflowClient
+from typer.testing import CliRunner
+
+from flows.ml_commands import register
+from flows.train import EXPERIMENT, flatten
+from hypernet.model import checkpoint_sha256, load_hypernet
+from hypernet.train import parse_overrides
+from tests.fixtures.hypernet import TINY_NET
+
+OPTIONS = {
+    "data": {"n_train": 16, "n_heldout": 4, "max_level": 2},
+    "net": TINY_NET,
+    "bias_steps": 2,
+    "batch_docs": 4,
+    "lr": 0.01,
+    "warmup": 1,
+    "log_every": 2,
+    "eval_every": 3,
+    "eval_docs": 4,
+    "em_docs": 0,
+}
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("INSTILL_HOME", str(tmp_path / ".instill"))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    return uri
+
+
+def _app() -> typer.Typer:
+    app = typer.Typer()
+    app.command("noop")(lambda: None)  # typer flattens a one-command app; keep the sub-command names
+    register(app)
+    return app
+
+
+def test_flow_trains_and_streams_metrics_to_mlflow(
+    prefect_server, home: str, tiny_model_dir, tmp_path
+) -> None:
+    from flows.train import train_hypernet
+
+    result = train_hypernet(str(tmp_path / "run"), str(tiny_model_dir), OPTIONS, steps=6, echo=False)
+    final = Path(result["final"])
+    assert result["checkpoint_sha256"] == checkpoint_sha256(final) and result["device"] == "cpu"
+    assert result["steps"] == 6 and load_hypernet(final).cfg.rank == TINY_NET["rank"]
+    client = MlflowClient(tracking_uri=home)
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["checkpoint_sha256"] == result["checkpoint_sha256"]
+    assert client.get_experiment(run.info.experiment_id).name == EXPERIMENT
+    losses = client.get_metric_history(run.info.run_id, "train/loss")
+    assert sorted(m.step for m in losses) == [2, 4, 6]
+    gaps = client.get_metric_history(run.info.run_id, "eval/gap_closed/mean")
+    assert sorted(m.step for m in gaps) == [0, 3, 6]
+    assert "final/gap_closed_wrong_doc" in run.data.metrics and run.data.params["cfg/steps"] == "6"
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"hypernet.json", "metrics.jsonl", "train_config.json"} <= artifacts
+
+
+def test_command_trains_with_overrides(prefect_server, home: str, tiny_model_dir, tmp_path) -> None:
+    sets = [f"--set=data.{k}={v}" for k, v in OPTIONS["data"].items()]
+    sets += [f"--set=net.{k}={v}" for k, v in TINY_NET.items()]
+    sets += ["--set=bias_steps=1", "--set=batch_docs=2", "--set=eval_every=0", "--set=em_docs=0"]
+    args = ["train-hypernet", "--out", str(tmp_path / "run"), "--base", str(tiny_model_dir), "--steps", "3"]
+    result = CliRunner().invoke(_app(), args + sets)
+    assert result.exit_code == 0, result.output
+    assert "final checkpoint" in result.output and "3 steps on cpu" in result.output
+    assert json.loads((tmp_path / "run" / "final" / "hypernet.json").read_text())["training"]["steps"] == 3
+
+
+def test_command_names_a_bad_override(home: str, tiny_model_dir, tmp_path) -> None:
+    args = ["train-hypernet", "--out", str(tmp_path / "run"), "--base", str(tiny_model_dir)]
+    result = CliRunner().invoke(_app(), [*args, "--set", "stepz=3"])
+    assert result.exit_code == 2 and "stepz" in result.output
+    result = CliRunner().invoke(_app(), [*args, "--set", "steps"])
+    assert result.exit_code == 2 and "expected KEY=VALUE" in result.output
+
+
+def test_flatten_keeps_numeric_leaves_under_slashed_names() -> None:
+    record = {"kind": "eval", "step": 3, "gap_closed": {"mean": 0.5, "ci_low": 0.1}, "ok": True, "x": "y"}
+    assert flatten(record, "eval") == {"eval/gap_closed/mean": 0.5, "eval/gap_closed/ci_low": 0.1}
+    assert parse_overrides(["data.n_train=8", "lr=0.1", "cache_dir=runs/c"]) == {
+        "data": {"n_train": 8},
+        "lr": 0.1,
+        "cache_dir": "runs/c",
+    }
