@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hypernet.data import Document, Question
-from hypernet.probes import QUESTION_PREFIX, split_sentences
+from hypernet.probes import QUESTION_PREFIX, sentence_probes, split_sentences
 
 CORPUS_FILE = Path(__file__).resolve().parent / "corpora" / "python-docs.jsonl"
 NOTICE = (
@@ -154,6 +154,16 @@ def heldout_probes(
 def corpus_document(doc: CorpusDocument, max_probes: int = 6, seed: int = 0) -> Document:
     """A corpus document with its held-out evaluation probes, as ``hypernet.data.Document``."""
     return Document(doc.doc_id, doc.text, tuple(heldout_probes(doc.text, max_probes, seed)), 0)
+
+
+def training_documents(n: int, n_probes: int = 3, max_answer_words: int = 12) -> list[Document]:
+    """The first ``n`` training-split documents with CD-style probes (first half shown, rest expected)."""
+    docs = []
+    for doc in load_corpus("train")[:n]:
+        probes = sentence_probes(doc.text, n_probes, seed=0, max_answer_words=max_answer_words)
+        questions = tuple(Question(p.question, p.answer, "continuation") for p in probes)
+        docs.append(Document(f"real-{doc.doc_id}", doc.text, questions, 0))
+    return [d for d in docs if d.questions]
 
 
 def main() -> None:  # pragma: no cover - rebuilds the frozen file: python -m hypernet.corpus

@@ -43,6 +43,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from hypernet.base_model import BaseModel, chat_ids, load_base_model
+from hypernet.corpus import training_documents
 from hypernet.data import DataConfig, Document, curriculum_level, make_split, student_prompt, teacher_prompt
 from hypernet.features import FeatureConfig, FeatureEncoder, pad_features
 from hypernet.lora import LoraWeights, applied
@@ -82,6 +83,9 @@ class TrainConfig:
     max_minutes: float | None = None  # wall-clock bound on the training loop; then evaluate and save
     stop_at_step: int | None = None  # stop there (a checkpoint is written); the schedule still spans `steps`
     cache_dir: str | None = None  # features + teacher cache; default: out_dir/cache
+    # real text (hypernet.corpus training split) mixed into the training documents, and a warm start
+    real_docs: int = 0
+    init_from: str | None = None  # a checkpoint dir whose network weights start this run
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
@@ -247,20 +251,26 @@ def setup(cfg: TrainConfig, base: BaseModel, out_dir: Path, log: Log) -> Run:
         base.model, base_model_id=base.model_id, base_weights_sha256=base.weights_sha256, **cfg.net
     )
     net = Hypernet(net_cfg).to(base.device)
+    encoder = FeatureEncoder(base, FeatureConfig(chunk_tokens=net_cfg.chunk_tokens), cache / "features")
+    # training reads one chunk per document: real documents longer than that are left out
+    real = [d for d in training_documents(cfg.real_docs) if len(encoder.chunk_ids(d.text)) == 1]
     run = Run(
         cfg,
         base,
         net,
         make_optimizer(net, cfg),
-        make_split(cfg.data, "train"),
+        make_split(cfg.data, "train") + real,
         make_split(cfg.data, "heldout"),
-        FeatureEncoder(base, FeatureConfig(chunk_tokens=net_cfg.chunk_tokens), cache / "features"),
+        encoder,
         TeacherCache(base, cfg.top_k, cache / "teacher"),
         out_dir,
         log,
     )
     if (out_dir / "checkpoint" / "trainer.json").is_file():
         load_checkpoint(run, out_dir / "checkpoint")
+    elif cfg.init_from:
+        run.net.load_state_dict(load_hypernet(Path(cfg.init_from), base.device).state_dict())
+        run.log({"kind": "init", "from": cfg.init_from})
     precompute(run)
     return run
 
@@ -549,7 +559,8 @@ def save_checkpoint(run: Run) -> Path:
 
 def load_checkpoint(run: Run, ckpt: Path) -> None:
     meta = json.loads((ckpt / "trainer.json").read_text())
-    saved, now = meta["config"], run.cfg.to_dict()
+    # fields added since the checkpoint was written take their defaults
+    saved, now = TrainConfig(**meta["config"]).to_dict(), run.cfg.to_dict()
     changed = sorted(k for k in now.keys() - _RESUMABLE if saved.get(k) != now[k])
     if changed:
         raise TrainError(f"cannot resume from {ckpt}: the config differs in {changed}; use a new --out")

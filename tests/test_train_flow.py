@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 import typer
 from mlflow import MlflowClient
 from typer.testing import CliRunner
@@ -96,3 +97,23 @@ def test_flatten_keeps_numeric_leaves_under_slashed_names() -> None:
         "lr": 0.1,
         "cache_dir": "runs/c",
     }
+
+
+def test_real_text_and_a_warm_start_join_a_run(tiny_base, tmp_path: Path) -> None:
+    from hypernet.train import TrainConfig, train
+
+    # the tiny tokenizer spends many tokens per word: chunks wide enough for whole corpus documents
+    options = OPTIONS | {"net": TINY_NET | {"chunk_tokens": 1024}, "eval_every": 0}
+    first = TrainConfig(**(options | {"steps": 3}))
+    start = train(first, tiny_base, tmp_path / "first", lambda r: None)
+    records: list[dict] = []
+    cfg = TrainConfig(**(options | {"steps": 4, "bias_steps": 0}), real_docs=6)
+    cfg.init_from = str(start)
+    train(cfg, tiny_base, tmp_path / "second", records.append)
+    assert records[0] == {"kind": "init", "from": str(start), "time": records[0]["time"]}
+    precompute = [r for r in records if r["kind"] == "precompute"][-1]
+    assert precompute["of"] == 16 + 4 + 6  # synthetic train + held-out + real
+    before = load_hypernet(start).state_dict()
+    after = load_hypernet(tmp_path / "second" / "final").state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in ("bias_A", "bias_B"))  # frozen without stage 1
+    assert not torch.equal(before["head_A"], after["head_A"])
