@@ -114,8 +114,10 @@ def eval_command(
     checkpoint: CheckpointOption = None,
     synthetic_docs: Annotated[int, typer.Option(help="Held-out synthetic documents.")] = 48,
     real_docs: Annotated[int, typer.Option(help="Held-out real-text documents.")] = 24,
-    em_docs: Annotated[int, typer.Option(help="Documents per set also answered greedily.")] = 12,
-    generator_docs: Annotated[int, typer.Option(help="Documents every generator runs on.")] = 6,
+    em_docs: Annotated[int, typer.Option(help="Synthetic documents also answered greedily.")] = 12,
+    real_em_docs: Annotated[int, typer.Option(help="Real documents also answered greedily.")] = 6,
+    generator_docs: Annotated[int, typer.Option(help="Synthetic documents every generator runs on.")] = 6,
+    real_generator_docs: Annotated[int, typer.Option(help="Real documents every generator runs on.")] = 3,
     generators: Annotated[
         str, typer.Option(help="Comma-separated generators to compare.")
     ] = "hypernet,cd,hypernet+cd",
@@ -134,7 +136,9 @@ def eval_command(
             synthetic_docs=synthetic_docs,
             real_docs=real_docs,
             em_docs=em_docs,
+            real_em_docs=real_em_docs,
             generator_docs=generator_docs,
+            real_generator_docs=real_generator_docs,
             generators=tuple(g.strip() for g in generators.split(",") if g.strip()),
             generator_options=_generator_options(cd_steps, refine_steps),
             checkpoint=str(checkpoint) if checkpoint else None,

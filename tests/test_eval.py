@@ -49,7 +49,9 @@ def _small(checkpoint: Path, **overrides) -> EvalConfig:
         "synthetic_docs": 4,
         "real_docs": 3,
         "em_docs": 2,
+        "real_em_docs": 1,
         "generator_docs": 2,
+        "real_generator_docs": 2,
         "generator_options": {"cd": {"steps": 2}, "hypernet+cd": {"steps": 2}},
         "checkpoint": str(checkpoint),
         "max_new_tokens": 4,
@@ -73,14 +75,17 @@ def test_eval_reports_the_issue_keys_for_both_sets_and_every_generator(tiny_base
     assert set(result["generators"]) == {"hypernet", "cd", "hypernet+cd"}
     for g in result["generators"].values():
         assert {"gap_closed", "gap_closed_wrong_doc", "exact_match", "seconds_per_doc"} <= g.keys()
-        assert g["seconds_per_doc"] > 0 and g["docs"] == 2
+        assert g["seconds_per_doc"] > 0 and g["docs"] == 2 and 0 <= g["exact_match"] <= 1
+        assert g["real"]["docs"] == 2 and g["real"]["exact_match"] is None
+        assert set(g["real"]["gap_closed"]) == {"mean", "ci_low", "ci_high"}
+    assert result["generator_docs"] == {"synthetic": 2, "real": 2, "flat": "synthetic"}
     fingerprints = {g["fingerprint"] for g in result["generators"].values()}
     assert len(fingerprints) == 3
     assert result["meta"]["checkpoint_sha256"] and result["meta"]["base_model_sha256"]
     assert json.loads(json.dumps(result)) == result  # plain JSON all the way down
     assert any(r["kind"] == "eval-generator" for r in records)
     table = to_markdown(result)
-    assert "### Held-out synthetic documents (4 documents" in table and "| hypernet+cd |" in table
+    assert "### Held-out synthetic documents (4 documents" in table and "| hypernet+cd | real (2) |" in table
     assert "wrong-document adapter" in table and "### Held-out real documents" in table
 
 
