@@ -45,6 +45,8 @@ from torch import Tensor, nn
 from hypernet.base_model import BaseModel, chat_ids, load_base_model
 from hypernet.corpus import training_documents
 from hypernet.data import DataConfig, Document, curriculum_level, make_split, student_prompt, teacher_prompt
+from hypernet.evaluate import exact_match as answer_matches
+from hypernet.evaluate import greedy_answer
 from hypernet.features import FeatureConfig, FeatureEncoder, pad_features
 from hypernet.lora import LoraWeights, applied
 from hypernet.model import Hypernet, HypernetConfig, load_hypernet, save_hypernet, shared_fraction
@@ -495,40 +497,26 @@ def bootstrap_ratio(num: Tensor, den: Tensor, seed: int, n_boot: int = 1000) -> 
 
 
 def exact_match(run: Run, docs: list[Document], A: Tensor, B: Tensor) -> dict[str, float]:
-    """Greedy answers containing the gold answer, under base / own / wrong adapter / in-context."""
-    net, hits = run.net, {"base": 0, "own": 0, "wrong": 0, "in_context": 0}
+    """Greedy answers containing the gold answer, under base / own / wrong adapter / in-context.
+
+    Greedy decoding and matching are ``hypernet.evaluate``'s (whole words, punctuation and case ignored).
+    """
+    net, base, hits = run.net, run.base, {"base": 0, "own": 0, "wrong": 0, "in_context": 0}
     adapters = [net.generate(run.features.encode(d.text)) for d in docs]
     total = 0
     for i, d in enumerate(docs):
         for q in d.questions:
+            question = student_prompt(q.text)
             answers = {
-                "base": greedy(run.base, student_prompt(q.text), None),
-                "own": greedy(run.base, student_prompt(q.text), adapters[i]),
-                "wrong": greedy(run.base, student_prompt(q.text), adapters[(i + 1) % len(docs)]),
-                "in_context": greedy(run.base, teacher_prompt(d.text, q.text), None),
+                "base": greedy_answer(base, question, None, 16),
+                "own": greedy_answer(base, question, adapters[i], 16),
+                "wrong": greedy_answer(base, question, adapters[(i + 1) % len(docs)], 16),
+                "in_context": greedy_answer(base, question, None, 16, context=d.text),
             }
             total += 1
             for cond, text in answers.items():
-                hits[cond] += q.answer.lower() in text.lower()
+                hits[cond] += answer_matches(text, q.answer)
     return {c: round(h / max(total, 1), 4) for c, h in hits.items()} | {"questions": total}
-
-
-@torch.no_grad()
-def greedy(base: BaseModel, user: str, adapter: LoraWeights | None, max_new_tokens: int = 16) -> str:
-    """The greedy answer to one user turn (the adapter applied, if any)."""
-    tok, model = base.tokenizer, base.model
-    prompt, _ = chat_ids(tok, user)
-    ids = torch.tensor([prompt], device=base.device)
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    with applied(model, adapter):
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            pad_token_id=pad,
-        )
-    return tok.decode(out[0, len(prompt) :], skip_special_tokens=True)
 
 
 # ---------------------------------------------------------------- checkpoints
