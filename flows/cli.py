@@ -108,7 +108,8 @@ def _print_summary(result: dict) -> None:
     for failure in result["failed"]:
         out.print(f"[red]failed[/] {failure['document']}: {failure['reason']}", highlight=False)
     out.print(
-        f"{result['generated']} generated, {len(result['registered'])} registered, "
+        f"{result['generated']} generated, {result['passed']} passed QA, "
+        f"{len(result['registered'])} registered, "
         f"{len(result['failed'])} failed, {result['retired']} retired"
     )
 

@@ -16,6 +16,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from tasks.catalog.types import RunStatus
+from tasks.gating import gate_adapter, ungated_adapters
 from tasks.generate import ensure_generator_row, generate_adapter, pending_versions
 from tasks.ingest import finish_run, plan_source, record_change
 from tasks.lifecycle import write_release
@@ -27,6 +28,7 @@ detect_changes_task = task(plan_source, name="detect-changes")
 record_change_task = task(record_change, name="record-change")
 generator_task = task(ensure_generator_row, name="load-generator")
 generate_task = task(generate_adapter, name="generate-adapter")
+gate_task = task(gate_adapter, name="qa-gates")
 register_task = task(register_adapter, name="register-adapter", retries=2, retry_delay_seconds=[1, 5])
 retire_task = task(retire_document, name="retire-document", retries=2, retry_delay_seconds=[1, 5])
 finish_task = task(finish_run, name="finish-source")
@@ -37,6 +39,7 @@ release_task = task(write_release, name="write-release", retries=2, retry_delay_
 class RefreshSummary:
     changed: Counter = field(default_factory=Counter)
     generated: int = 0
+    passed: int = 0  # adapters that passed their QA gates
     registered: list[dict] = field(default_factory=list)
     failed: list[dict] = field(default_factory=list)
     retired: int = 0
@@ -55,6 +58,7 @@ def refresh(config: str) -> dict:
     run_id = str(flow_run.id) if flow_run.id else None
     summary = RefreshSummary()
     sources = [s.name for s in runtime(config).kb.sources]
+    gates_on = runtime(config).kb.gates.enabled
     hypernet_id: int | None = None
     for name in sources:
         plan = detect_changes_task(config, name, run_id)
@@ -67,10 +71,11 @@ def refresh(config: str) -> dict:
             hypernet_id = generator_task(config)  # loads the base model once per run
         pending = pending_versions(config, name, hypernet_id)
         generated = [generate_task(config, v, hypernet_id, run_id) for v in pending]
+        gated = [gate_task(config, a, run_id) for a in ungated_adapters(config, name)] if gates_on else []
         registered = [register_task(config, a, run_id) for a in unregistered_adapters(config, name)]
         retired = sum(retire_task(config, d, run_id) for d in documents_to_retire(config, name))
-        status = _source_status(outcomes, generated)
-        counts = _tally(summary, name, outcomes, generated, registered, retired)
+        status = _source_status(outcomes, generated, gated)
+        counts = _tally(summary, name, outcomes, generated, gated, registered, retired)
         finish_task(config, plan.run_id, status, plan.cursor, counts)
         summary.sources.append({"source": name, "status": status.value, **counts})
     result = summary.as_dict()
@@ -79,15 +84,17 @@ def refresh(config: str) -> dict:
     return result
 
 
-def _source_status(outcomes, generated) -> RunStatus:
+def _source_status(outcomes, generated, gated) -> RunStatus:
     if any(o.transient for o in outcomes):
         return RunStatus.FAILED  # keeps the cursor: the next run fetches these again
-    if any(o.error for o in outcomes) or any(g.error for g in generated):
+    if any(o.error for o in outcomes) or any(g.error for g in generated) or any(not g.passed for g in gated):
         return RunStatus.PARTIAL
     return RunStatus.SUCCEEDED
 
 
-def _tally(summary: RefreshSummary, source: str, outcomes, generated, registered, retired: int) -> dict:
+def _tally(
+    summary: RefreshSummary, source: str, outcomes, generated, gated, registered, retired: int
+) -> dict:
     for o in outcomes:
         summary.changed[o.change.kind.value] += 1
         doc = f"{source}:{o.change.key}"
@@ -106,14 +113,24 @@ def _tally(summary: RefreshSummary, source: str, outcomes, generated, registered
             summary.failed.append({"document": g.document, "reason": g.error})
         else:
             summary.generated += 0 if g.reused else 1
+    for g in gated:
+        summary.passed += int(g.passed)
+        if not g.passed:
+            summary.failed.append(
+                {"document": g.document, "reason": "failed QA gates: " + "; ".join(g.failures)}
+            )
     for r in registered:
-        summary.registered.append({"model": r.model, "version": r.version, "document": r.document})
+        if not r.gated_out:  # a failed adapter's version holds its metrics but is not for serving
+            summary.registered.append({"model": r.model, "version": r.version, "document": r.document})
     summary.retired += retired
     return {
         "changed": len(outcomes),
         "generated": sum(1 for g in generated if not g.error and not g.reused),
-        "registered": len(registered),
-        "failed": sum(1 for o in outcomes if o.error) + sum(1 for g in generated if g.error),
+        "passed": sum(1 for g in gated if g.passed),
+        "registered": sum(1 for r in registered if not r.gated_out),
+        "failed": sum(1 for o in outcomes if o.error)
+        + sum(1 for g in generated if g.error)
+        + sum(1 for g in gated if not g.passed),
         "retired": retired,
     }
 
@@ -124,7 +141,8 @@ def markdown_report(result: dict) -> str:
         "# instill refresh",
         "",
         f"**{sum(changed.values())} changed** ({', '.join(f'{v} {k}' for k, v in changed.items())}), "
-        f"{result['generated']} generated, {len(result['registered'])} registered, "
+        f"{result['generated']} generated, {result['passed']} passed QA, "
+        f"{len(result['registered'])} registered, "
         f"{len(result['failed'])} failed, {result['retired']} retired.",
         "",
         "| document | change | status | detail |",

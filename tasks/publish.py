@@ -31,6 +31,7 @@ class RegisterOutcome:
     version: str
     document: str
     promoted: bool
+    gated_out: bool = False  # failed its QA gates: registered for the record, no alias
 
 
 def model_name(kb: str, source: str, document_id: int) -> str:
@@ -58,6 +59,7 @@ def register_adapter(config: str, adapter_id: int, flow_run_id: str | None = Non
                 "source": doc.source.name,
                 "path": doc.current_path,
                 "document_id": str(doc.id),
+                "qa_verdict": _verdict(adapter),
             },
             params={
                 "generator": adapter.hypernet.kind,
@@ -65,15 +67,19 @@ def register_adapter(config: str, adapter_id: int, flow_run_id: str | None = Non
                 "rank": str(adapter.rank),
                 "targets": ",".join(adapter.targets),
             },
+            metrics={f"qa.{q.suite}.{q.metric}": q.value for q in adapter.qa_results if q.value is not None},
             description=f"Adapters for {doc.source.name}:{doc.external_key} in knowledge base {rt.kb.name}",
         )
         document = f"{doc.source.name}:{doc.current_path}"
+        failed = adapter.state is AdapterState.FAILED
     registered = rt.registry.register(record)
-    promote = rt.kb.promotion.auto_promote
+    promote = rt.kb.promotion.auto_promote and not failed
     with session_scope(rt.sessions) as session:
         adapter = session.get(Adapter, adapter_id)
         adapter.mlflow_run_id, adapter.registered_model = registered.run_id, registered.model
         adapter.model_version = registered.version
+        if failed:  # on record in the registry with its metrics, but no alias: production stays as it is
+            return RegisterOutcome(adapter_id, registered.model, registered.version, document, False, True)
         move_alias(
             rt,
             session,
@@ -88,6 +94,12 @@ def register_adapter(config: str, adapter_id: int, flow_run_id: str | None = Non
         if promote:
             promote_adapter(rt, session, adapter, SYSTEM_ACTOR, "auto_promote policy", flow_run_id)
     return RegisterOutcome(adapter_id, registered.model, registered.version, document, promote)
+
+
+def _verdict(adapter: Adapter) -> str:
+    if adapter.state is AdapterState.FAILED:
+        return "failed: " + (adapter.error or "")[:200]
+    return "passed" if adapter.qa_results else "not gated"
 
 
 def promote_adapter(

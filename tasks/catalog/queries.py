@@ -87,8 +87,9 @@ def pending_versions(session: Session, source_id: int, hypernet_id: int) -> list
             same_doc_version.document_id == DocumentVersion.document_id,
             same_doc_version.text_sha256 == DocumentVersion.text_sha256,
             Adapter.hypernet_id == hypernet_id,
-            # Only a live adapter covers the text: a restored or reverted document needs its adapter back.
-            Adapter.state.not_in((AdapterState.FAILED, AdapterState.RETIRED)),
+            # A retired adapter does not cover the text (a restored or reverted document needs its adapter
+            # back); a failed one does: the same text and generator would fail the same gates again.
+            Adapter.state != AdapterState.RETIRED,
         )
     )
     return list(
@@ -97,6 +98,25 @@ def pending_versions(session: Session, source_id: int, hypernet_id: int) -> list
             .join(latest, latest.c.version_id == DocumentVersion.id)
             .where(DocumentVersion.text_sha256.is_not(None), ~has_adapter)
             .order_by(DocumentVersion.id)
+        )
+    )
+
+
+def document_adapters_of_source(
+    session: Session, source_id: int, states: tuple[AdapterState, ...]
+) -> list[Adapter]:
+    """Adapters in ``states`` of the live documents of a source, oldest first."""
+    return list(
+        session.scalars(
+            select(Adapter)
+            .join(DocumentVersion, DocumentVersion.id == Adapter.document_version_id)
+            .join(Document, Document.id == DocumentVersion.document_id)
+            .where(
+                Document.source_id == source_id,
+                Document.state.in_(LIVE_DOCUMENT_STATES),
+                Adapter.state.in_(states),
+            )
+            .order_by(Adapter.id)
         )
     )
 
@@ -111,7 +131,8 @@ def unregistered_adapters(session: Session, source_id: int) -> list[int]:
                 Document.source_id == source_id,
                 Document.state.in_(LIVE_DOCUMENT_STATES),
                 Adapter.model_version.is_(None),
-                Adapter.state.in_((AdapterState.CANDIDATE, AdapterState.PASSED)),
+                # Failed adapters are registered too (their run holds the metrics), but get no alias.
+                Adapter.state.in_((AdapterState.CANDIDATE, AdapterState.PASSED, AdapterState.FAILED)),
             )
             .order_by(Adapter.id)
         )

@@ -1,0 +1,125 @@
+"""The refresh's QA step: run the gates on a new adapter and record every metric and the verdict.
+
+The gates themselves live in ``tasks.qa``; this step gathers what they need from the catalog and the
+store (the document's text and probes, another document's probes for specificity, the adapter being
+replaced for regression), then writes the verdict: ``passed`` or ``failed`` with its reasons. A failed
+adapter is kept on record and registered without an alias, so the previous production adapter stays live.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy import select
+
+from tasks.catalog import queries
+from tasks.catalog.db import session_scope
+from tasks.catalog.models import Adapter, Document, DocumentVersion, QAResult
+from tasks.catalog.types import AdapterState, DocumentState
+from tasks.runtime import Runtime, runtime
+from tasks.settings import LocalSourceConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    adapter_id: int
+    document: str
+    passed: bool
+    failures: tuple[str, ...] = ()
+    seconds: float = 0.0
+
+
+def ungated_adapters(config: str, source_name: str) -> list[int]:
+    """New adapters of this source that have no verdict yet."""
+    rt = runtime(config)
+    with session_scope(rt.sessions) as session:
+        source = queries.source_by_name(session, source_name)
+        if source is None:
+            return []
+        return [
+            a.id
+            for a in queries.document_adapters_of_source(session, source.id, (AdapterState.CANDIDATE,))
+            if a.model_version is None and not a.qa_results
+        ]
+
+
+def gate_adapter(config: str, adapter_id: int, flow_run_id: str | None = None) -> GateOutcome:
+    """Run the configured gates on one adapter and record the metrics and verdict in the catalog."""
+    from hypernet.adapter import load_adapter, update_lineage
+    from tasks.qa import PreviousAdapter, auto_probes, load_probes, run_gates
+
+    rt = runtime(config)
+    cfg = rt.kb.gates
+    with session_scope(rt.sessions) as session:
+        adapter = session.get(Adapter, adapter_id)
+        version = adapter.document_version
+        doc = version.document
+        document = f"{doc.source.name}:{doc.current_path}"
+        text = rt.store.get_bytes(version.text_uri).decode("utf-8")
+        qa_file = _qa_file(rt, doc.source.name, version.path)
+        other_text = _other_document_text(session, rt, doc)
+        previous = _previous(session, rt, doc.id, adapter.id)
+        folder = rt.store.get_dir(adapter.store_uri)
+    weights = load_adapter(folder)
+    base = rt.generator().base
+    probes = load_probes(text, qa_file, cfg)
+    other = auto_probes(other_text, cfg) if other_text else None
+    prev = PreviousAdapter(load_adapter(previous[0]), previous[1]) if previous else None
+    report = run_gates(base, weights, text, probes, cfg, other_probes=other, previous=prev)
+    failures = tuple(report.failures())
+    with session_scope(rt.sessions) as session:
+        adapter = session.get(Adapter, adapter_id)
+        for row in report.rows():
+            session.add(QAResult(adapter_id=adapter_id, **row))
+        adapter.state = AdapterState.PASSED if report.passed else AdapterState.FAILED
+        adapter.error = "; ".join(failures) or None
+    update_lineage(folder, {"qa": report.to_dict()})
+    if failures:
+        log.warning("%s: adapter failed its gates: %s", document, "; ".join(failures))
+    return GateOutcome(adapter_id, document, report.passed, failures, report.seconds)
+
+
+def _qa_file(rt: Runtime, source_name: str, path: str) -> Path | None:
+    """``NAME.qa.yaml`` beside a local document, when there is one (other sources: not yet read)."""
+    from tasks.qa import qa_path_for
+
+    cfg = next(s for s in rt.kb.sources if s.name == source_name)
+    if not isinstance(cfg, LocalSourceConfig):
+        return None
+    candidate = qa_path_for(cfg.path / path)
+    return candidate if candidate.is_file() else None
+
+
+def _other_document_text(session, rt: Runtime, doc: Document) -> str | None:
+    """The text of another live document of the knowledge base, for the specificity gate."""
+    other = session.scalar(
+        select(DocumentVersion)
+        .join(Document, Document.id == DocumentVersion.document_id)
+        .where(
+            Document.id != doc.id,
+            Document.state == DocumentState.ACTIVE,
+            DocumentVersion.text_uri.is_not(None),
+            DocumentVersion.text_sha256 != doc.versions[-1].text_sha256,
+        )
+        .order_by(DocumentVersion.id.desc())
+        .limit(1)
+    )
+    return rt.store.get_bytes(other.text_uri).decode("utf-8") if other else None
+
+
+def _previous(session, rt: Runtime, document_id: int, adapter_id: int) -> tuple[Path, str] | None:
+    """The production adapter this one would replace: its folder and the text it was made from."""
+    live = [
+        a
+        for a in queries.document_adapters(session, document_id, (AdapterState.PRODUCTION,))
+        if a.id != adapter_id
+    ]
+    if not live:
+        return None
+    prev = live[-1]
+    text = rt.store.get_bytes(prev.document_version.text_uri).decode("utf-8")
+    return rt.store.get_dir(prev.store_uri), text
