@@ -30,6 +30,7 @@ __all__ = [
     "gap_closed",
     "general_texts",
     "greedy_answer",
+    "greedy_answers",
     "normalise_answer",
     "text_nll",
 ]
@@ -100,7 +101,6 @@ def text_nll(
     return total / count
 
 
-@torch.no_grad()
 def greedy_answer(
     base: BaseModel,
     question: str,
@@ -109,19 +109,35 @@ def greedy_answer(
     context: str | None = None,
 ) -> str:
     """The greedy answer to ``question`` (``context`` before it when given), special tokens dropped."""
-    prompt, _ = chat_ids(base.tokenizer, _user_turn(question, context))
-    ids = torch.tensor([prompt], device=base.device)
-    eos = base.tokenizer.eos_token_id
+    return greedy_answers(base, [question], weights, max_new_tokens, context)[0]
+
+
+@torch.no_grad()
+def greedy_answers(
+    base: BaseModel,
+    questions: Sequence[str],
+    weights: LoraWeights | None,
+    max_new_tokens: int = 32,
+    context: str | None = None,
+) -> list[str]:
+    """Greedy answers to several questions in one batched ``generate`` (prompts padded on the left)."""
+    if not questions:
+        return []
+    tok, pad = base.tokenizer, _pad_id(base.tokenizer)
+    prompts = [chat_ids(tok, _user_turn(q, context))[0] for q in questions]
+    width = max(len(p) for p in prompts)
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=base.device)
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=base.device)
     with applied(base.model, _on_device(weights, base.device)):
         out = base.model.generate(
             input_ids=ids,
-            attention_mask=torch.ones_like(ids),
+            attention_mask=mask,
             max_new_tokens=max_new_tokens,
             do_sample=False,
-            eos_token_id=eos,
-            pad_token_id=_pad_id(base.tokenizer),
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=pad,
         )
-    return base.tokenizer.decode(out[0, len(prompt) :], skip_special_tokens=True).strip()
+    return [tok.decode(row[width:], skip_special_tokens=True).strip() for row in out]
 
 
 def normalise_answer(text: str) -> str:

@@ -18,6 +18,7 @@ a ``GateReport`` whose ``rows()`` match the catalog's ``qa_results`` columns.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import statistics
@@ -31,7 +32,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from hypernet.base_model import BaseModel as LanguageModel
-from hypernet.evaluate import answer_nll, exact_match, gap_closed, general_texts, greedy_answer, text_nll
+from hypernet.evaluate import answer_nll, exact_match, gap_closed, general_texts, greedy_answers, text_nll
 from hypernet.lora import LoraWeights
 from hypernet.probes import QUESTION_PREFIX, Probe, sentence_probes
 from tasks.settings import GatesConfig
@@ -44,7 +45,8 @@ QA_SUFFIX = ".qa.yaml"
 QA_SEED = 7919
 MAX_ANSWER_WORDS = 24  # as in hypernet.probes: bounds the cost per probe
 SHORT_ANSWER_WORDS = 4  # exact match is measured for answers this short
-MAX_EXACT_MATCH_PROBES = 16  # greedy decoding is the slowest measurement: bounded per document
+MAX_EXACT_MATCH_PROBES = 8  # greedy decoding is the slowest measurement: bounded per document
+GREEDY_LEAD_TOKENS = 24  # decoded beyond the answer's length ("The chief engineer was ...")
 # Below this in-context gain (nats) the document does not help answer its probes: gap closed is undefined.
 MIN_CONTEXT_GAIN = 0.05
 
@@ -255,6 +257,12 @@ def run_gates(
     return GateReport(cfg.suite_version, gates, time.perf_counter() - start)
 
 
+# Measurements that do not depend on the adapter (base model alone, base with the document in context),
+# kept for the process: a refresh gates many adapters, and other documents' probes recur in specificity.
+_SHARED: dict[tuple, Any] = {}
+_SHARED_MAX = 50_000
+
+
 class _Scorer:
     """Answer NLLs per (condition, probe), each computed once: the gates share probes and conditions."""
 
@@ -268,15 +276,38 @@ class _Scorer:
             "in_context": (None, context),
             "previous": (previous.weights if previous else None, None),
         }
-        self._cache: dict[tuple[str, Probe], float] = {}
+        model = (base.model_id, base.weights_sha256, str(base.device))
+        self._keys = {
+            "base": (*model, "base"),
+            "in_context": (*model, "in_context", hashlib.sha256(context.encode()).hexdigest()),
+        }
+        self._cache: dict[tuple, Any] = {}
 
     def nll(self, probes: Sequence[Probe], condition: str) -> list[float]:
-        missing = [p for p in dict.fromkeys(probes) if (condition, p) not in self._cache]
+        weights, context = self.conditions[condition]
+        return self._cached("nll", condition, probes, lambda ps: answer_nll(self.base, ps, weights, context))
+
+    def greedy(self, probes: Sequence[Probe], condition: str) -> list[str]:
+        weights, context = self.conditions[condition]
+        longest = max(len(self.base.tokenizer(p.answer)["input_ids"]) for p in probes)
+
+        def answer(ps: list[Probe]) -> list[str]:
+            # Small models lead in with a restatement of the question: room for it beyond the answer.
+            questions = [p.question for p in ps]
+            return greedy_answers(self.base, questions, weights, longest + GREEDY_LEAD_TOKENS, context)
+
+        return self._cached("greedy", condition, probes, answer)
+
+    def _cached(self, kind: str, condition: str, probes: Sequence[Probe], compute) -> list:
+        shared = condition in self._keys
+        cache = _SHARED if shared else self._cache
+        prefix = (kind, *self._keys.get(condition, (condition,)))
+        if len(cache) > _SHARED_MAX:
+            cache.clear()
+        missing = [p for p in dict.fromkeys(probes) if (*prefix, p) not in cache]
         if missing:
-            weights, context = self.conditions[condition]
-            values = answer_nll(self.base, missing, weights, context)
-            self._cache.update({(condition, p): v for p, v in zip(missing, values, strict=True)})
-        return [self._cache[(condition, p)] for p in probes]
+            cache.update({(*prefix, p): v for p, v in zip(missing, compute(missing), strict=True)})
+        return [cache[(*prefix, p)] for p in probes]
 
     def mean(self, probes: Sequence[Probe], condition: str) -> float:
         return statistics.fmean(self.nll(probes, condition))
@@ -315,18 +346,17 @@ def _knowledge(scorer: _Scorer, probes: list[Probe], cfg: GatesConfig) -> GateRe
 
 
 def _exact_match(scorer: _Scorer, probes: list[Probe]) -> list[Metric]:
-    """Greedy exact match on short answers, per condition; recorded, not gated."""
+    """Greedy exact match on short answers, without and with the adapter; recorded, not gated.
+
+    Not measured with the document in context: every probe would re-read the document while decoding
+    (seconds per probe on a CPU), where NLL shares one pass over it.
+    """
     short = [p for p in probes if len(p.answer.split()) <= SHORT_ANSWER_WORDS][:MAX_EXACT_MATCH_PROBES]
     if not short:
         return []
-    tok = scorer.base.tokenizer
     metrics = []
-    for condition in ("base", "adapter", "in_context"):
-        weights, context = scorer.conditions[condition]
-        answers = [
-            greedy_answer(scorer.base, p.question, weights, len(tok(p.answer)["input_ids"]) + 16, context)
-            for p in short
-        ]
+    for condition in ("base", "adapter"):
+        answers = scorer.greedy(short, condition)
         hits = [exact_match(a, p.answer) for a, p in zip(answers, short, strict=True)]
         detail = {"probes": len(short), "answers": [a[:80] for a in answers]}
         metrics.append(Metric(f"exact_match_{condition}", sum(hits) / len(hits), detail=detail))

@@ -120,11 +120,43 @@ class PromotionConfig(_Strict):
     auto_promote: bool = True
 
 
+class GatesConfig(_Strict):
+    """QA gates every new adapter must pass before it gets an alias (see ``tasks.qa``)."""
+
+    # False: adapters are registered without being measured (not recommended).
+    enabled: bool = True
+    # Automatic probes drawn from the document's sentences, on top of its NAME.qa.yaml probes.
+    auto_probes: int = Field(default=8, ge=0, le=64)
+    # Knowledge: the adapter must close at least this fraction of the answer-NLL gap between the base
+    # model without the document and the base model with the document in context. CD on SmolLM2 closes
+    # 0.43-0.68 of it on the example documents (30 steps), a zero adapter 0.
+    min_gap_closed: float = Field(default=0.3, le=1)
+    # Specificity: the adapter's NLL improvement on its own probes must exceed its improvement on
+    # another document's probes by at least this many nats per token (CD on SmolLM2: 1.2-2.7).
+    min_specificity: float = Field(default=0.2, ge=0)
+    # Preservation: NLL on the general-text set may rise by at most this fraction of the base's NLL.
+    # Default CD on SmolLM2 raises it by 0.07 (150-word documents) to 0.14 (a 70-word one); CD at lr 1e-2
+    # on that short document by 0.30, a random adapter by far more.
+    max_preservation_increase: float = Field(default=0.2, ge=0)
+    # Regression: on probes whose answers did not change, the new adapter's mean NLL may exceed the
+    # previous adapter's by at most this many nats per token (two CD runs on revisions differing in one
+    # sentence: 0.02 apart at the default lr, 0.16 at lr 1e-2; a forgetful adapter: about 2).
+    regression_tolerance: float = Field(default=0.2, ge=0)
+    # The document is cut to its first N words for the in-context measure and the automatic probes
+    # (CD distils the first 1024 tokens by default, about 700 English words).
+    max_context_words: int = Field(default=700, ge=16)
+    # Tokens of the general-text set read for preservation: bounds its cost per adapter.
+    preservation_tokens: int = Field(default=512, ge=64)
+    # Recorded with every metric; bump it when probes, metrics or the general-text set change.
+    suite_version: str = Field(default="1", min_length=1, max_length=32)
+
+
 class KnowledgeBase(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     sources: list[SourceConfig] = Field(min_length=1)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
+    gates: GatesConfig = Field(default_factory=GatesConfig)
 
     @field_validator("sources")
     @classmethod

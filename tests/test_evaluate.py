@@ -17,6 +17,7 @@ from hypernet.evaluate import (
     gap_closed,
     general_texts,
     greedy_answer,
+    greedy_answers,
     normalise_answer,
     text_nll,
 )
@@ -102,6 +103,14 @@ def test_greedy_answer_gives_the_trained_short_answer(tiny_base, adapter_a) -> N
     assert exact_match(with_adapter, SHORT.answer), with_adapter
     assert not exact_match(without, SHORT.answer), without
     assert greedy_answer(tiny_base, SHORT.question, adapter_a, max_new_tokens=8) == with_adapter
+
+
+def test_batched_greedy_answers_equal_one_at_a_time(tiny_base, adapter_a) -> None:
+    questions = [SHORT.question, "Where?", "In which year was the Zorblat protocol ratified by the town?"]
+    for weights, context in [(adapter_a, None), (None, DOC_A)]:
+        batched = greedy_answers(tiny_base, questions, weights, 6, context)
+        assert batched == [greedy_answer(tiny_base, q, weights, 6, context) for q in questions]
+    assert greedy_answers(tiny_base, [], None) == []
 
 
 @pytest.mark.parametrize(

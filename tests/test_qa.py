@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
+import time
 from pathlib import Path
 
 import pytest
 
 from hypernet.cd import distill
 from hypernet.config import CDConfig
+from hypernet.evaluate import answer_nll
 from hypernet.probes import Probe, sentence_probes
 from tasks.catalog.models import QAResult
 from tasks.qa import (
@@ -171,6 +174,7 @@ def test_knowledge_gate_records_exact_match_for_short_answers(tiny_base, probes_
     assert metrics["exact_match_adapter"].value == 1.0 and metrics["exact_match_base"].value == 0.0
     assert metrics["exact_match_adapter"].threshold is None and metrics["exact_match_adapter"].passed
     assert metrics["exact_match_adapter"].detail["probes"] == 1  # only the short answer is decoded
+    assert "exact_match_in_context" not in metrics
 
 
 def test_specificity_passes_adapters_that_know_their_own_document(
@@ -211,9 +215,8 @@ def test_specificity_is_skipped_with_a_reason_without_another_document(
 
 
 def test_preservation_fails_an_adapter_that_wrecks_general_text(tiny_base, probes_a, adapter_a) -> None:
-    parrot = answer_adapter(
-        tiny_base, [Probe(p.question, " ".join(["the"] * 12)) for p in probes_a], steps=20
-    )
+    parrot_probes = [Probe(p.question, " ".join(["the"] * 12)) for p in probes_a]
+    parrot = answer_adapter(tiny_base, parrot_probes, steps=60)  # says "the" after anything
     bad = run_gates(tiny_base, parrot, DOC_A, probes_a, CFG).gate(PRESERVATION)
     good = run_gates(tiny_base, adapter_a, DOC_A, probes_a, CFG).gate(PRESERVATION)
     zero = run_gates(tiny_base, zero_adapter(adapter_a), DOC_A, probes_a, CFG).gate(PRESERVATION)
@@ -221,7 +224,7 @@ def test_preservation_fails_an_adapter_that_wrecks_general_text(tiny_base, probe
         name: next(m.value for m in g.metrics if m.name == "relative_increase")
         for name, g in [("bad", bad), ("good", good), ("zero", zero)]
     }
-    assert not bad.passed and rise["bad"] > CFG.max_preservation_increase
+    assert not bad.passed and rise["bad"] > CFG.max_preservation_increase, rise
     assert good.passed and zero.passed and rise["zero"] == pytest.approx(0.0, abs=1e-6)
 
 
@@ -307,3 +310,68 @@ def test_gates_config_is_read_from_instill_yaml_strictly(tmp_path: Path) -> None
     path.write_text(base + "gates: {min_gap: 0.5}\n")
     with pytest.raises(ConfigError, match="gates.min_gap: Extra inputs"):
         load_knowledge_base(path)
+
+
+# --- SmolLM2 -----------------------------------------------------------------------------------------
+
+V1 = (
+    "The Zorblat protocol was ratified in 1987 in the coastal town of Vennholm. Its chief engineer was "
+    "Mara Quill, who had worked on radio relays for the navy. The protocol defines how lighthouse beacons "
+    "exchange weather reports every seven minutes. In 1994 a second version added error correction and a "
+    "checksum of sixteen bits. Today about four hundred stations use it, most of them along the coast."
+)
+V2 = V1.replace("every seven minutes", "every eleven minutes")
+SMOLLM2_QA = """\
+- question: Who was the chief engineer of the Zorblat protocol?
+  answer: Mara Quill
+- question: In which town was the Zorblat protocol ratified?
+  answer: Vennholm
+"""
+
+
+@pytest.mark.slow
+def test_smollm2_cd_adapter_passes_every_gate_and_a_zero_adapter_fails_knowledge(
+    smollm2_base, tmp_path: Path
+) -> None:
+    qa_file = tmp_path / "zorblat.qa.yaml"
+    qa_file.write_text(SMOLLM2_QA)
+    cd = CDConfig(steps=20)  # the default lr; lr 1e-2 overfits this short text (preservation +0.30)
+    previous = distill(smollm2_base, V1, cd).weights
+    result = distill(smollm2_base, V2, cd)
+    probes = load_probes(V2, qa_file, CFG)
+    other = auto_probes(DOC_B, CFG)
+
+    base_nll = answer_nll(smollm2_base, result.probes, None)  # the probes CD trained on
+    assert statistics.fmean(answer_nll(smollm2_base, result.probes, result.weights)) < statistics.fmean(
+        base_nll
+    )
+
+    start = time.perf_counter()
+    report = run_gates(
+        smollm2_base,
+        result.weights,
+        V2,
+        probes,
+        CFG,
+        other_probes=other,
+        previous=PreviousAdapter(previous, V1),
+    )
+    seconds = time.perf_counter() - start
+    _print_report("CD, 20 steps", report, seconds, result.seconds)
+    assert report.passed, report.failures()
+    assert all(g.skipped is None for g in report.gates)
+
+    zero = run_gates(smollm2_base, zero_adapter(result.weights), V2, probes, CFG, other_probes=other)
+    _print_report("zero adapter", zero, zero.seconds, 0.0)
+    assert not zero.gate(KNOWLEDGE).passed and zero.gate(PRESERVATION).passed
+
+    wreck = run_gates(smollm2_base, random_adapter(result.weights, 0.5), V2, probes, CFG)
+    _print_report("random adapter", wreck, wreck.seconds, 0.0)
+    assert not wreck.gate(PRESERVATION).passed
+
+
+def _print_report(name: str, report, seconds: float, generation_s: float) -> None:
+    print(f"\n{name}: gates {seconds:.1f} s (generation {generation_s:.1f} s), passed={report.passed}")
+    for gate in report.gates:
+        values = ", ".join(f"{m.name}={m.value:.3f}" for m in gate.metrics if m.value is not None)
+        print(f"  {gate.suite} ({gate.seconds:.1f} s): {values or gate.skipped}")
