@@ -36,8 +36,8 @@ from hypernet.evaluate import answer_nll, exact_match, gap_closed, general_texts
 from hypernet.lora import LoraWeights
 from hypernet.probes import QUESTION_PREFIX, Probe, sentence_probes
 from tasks.settings import GatesConfig
+from tasks.sources.base import QA_SUFFIX
 
-QA_SUFFIX = ".qa.yaml"
 # The CD generator (and the hypernetwork's text documents) draw probes with seed 0 and cut each sentence
 # in half. Automatic QA probes draw their sentences with another seed and cut each sentence after its
 # first third, so no QA probe is a (question, answer) pair a generator trained on: on short documents
