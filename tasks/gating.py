@@ -50,7 +50,7 @@ def ungated_adapters(config: str, source_name: str) -> list[int]:
 def gate_adapter(config: str, adapter_id: int, flow_run_id: str | None = None) -> GateOutcome:
     """Run the configured gates on one adapter and record the metrics and verdict in the catalog."""
     from hypernet.adapter import load_adapter, update_lineage
-    from tasks.qa import PreviousAdapter, auto_probes, load_probes, run_gates
+    from tasks.qa import PreviousAdapter, QAFileError, auto_probes, load_probes, run_gates
 
     rt = runtime(config)
     cfg = rt.kb.gates
@@ -66,21 +66,30 @@ def gate_adapter(config: str, adapter_id: int, flow_run_id: str | None = None) -
         folder = rt.store.get_dir(adapter.store_uri)
     weights = load_adapter(folder)
     base = rt.generator().base
-    probes = load_probes(text, qa_file, cfg)
+    try:
+        probes = load_probes(text, qa_file, cfg)
+    except QAFileError as exc:  # the user's probe file is bad input: the adapter cannot be judged
+        return _record_verdict(rt, adapter_id, document, None, (str(exc),))
     other = auto_probes(other_text, cfg) if other_text else None
     prev = PreviousAdapter(load_adapter(previous[0]), previous[1]) if previous else None
     report = run_gates(base, weights, text, probes, cfg, other_probes=other, previous=prev)
-    failures = tuple(report.failures())
+    update_lineage(folder, {"qa": report.to_dict()})
+    return _record_verdict(rt, adapter_id, document, report, tuple(report.failures()))
+
+
+def _record_verdict(
+    rt: Runtime, adapter_id: int, document: str, report, failures: tuple[str, ...]
+) -> GateOutcome:
+    """One transaction: every metric row and the adapter's new state."""
     with session_scope(rt.sessions) as session:
         adapter = session.get(Adapter, adapter_id)
-        for row in report.rows():
+        for row in report.rows() if report else []:
             session.add(QAResult(adapter_id=adapter_id, **row))
-        adapter.state = AdapterState.PASSED if report.passed else AdapterState.FAILED
+        adapter.state = AdapterState.FAILED if failures else AdapterState.PASSED
         adapter.error = "; ".join(failures) or None
-    update_lineage(folder, {"qa": report.to_dict()})
     if failures:
         log.warning("%s: adapter failed its gates: %s", document, "; ".join(failures))
-    return GateOutcome(adapter_id, document, report.passed, failures, report.seconds)
+    return GateOutcome(adapter_id, document, not failures, failures, report.seconds if report else 0.0)
 
 
 def _qa_file(rt: Runtime, source_name: str, path: str) -> Path | None:

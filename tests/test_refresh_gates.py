@@ -51,3 +51,13 @@ def test_a_failing_adapter_is_recorded_and_production_stays(prefect_server, kb, 
     code, third, out = refresh(kb, tmp_path / "three.json")
     assert sum(third["changed"].values()) == 0 and third["generated"] == 0 and third["failed"] == []
     assert code == 0, "a failed adapter is not regenerated for the same text and generator"
+
+
+def test_a_broken_qa_file_fails_its_document_with_the_file_named(prefect_server, kb, tmp_path):
+    _enable_gates(kb)
+    (kb.parent / "docs" / "beta.qa.yaml").write_text("- question: Who leads the crew?\n  nonsense: 3\n")
+    code, summary, out = refresh(kb, tmp_path / "one.json")
+    assert code == 1
+    reasons = {f["document"]: f["reason"] for f in summary["failed"]}
+    assert "beta.qa.yaml" in reasons["docs:beta.txt"]
+    assert summary["changed"]["added"] == 3, "the probe file is not a document"
