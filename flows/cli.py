@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from flows import ml_commands
 from tasks.settings import ConfigError, GeneratorConfig, Settings, apply_runtime_env, load_knowledge_base
 
 app = typer.Typer(
@@ -302,6 +303,9 @@ def db_upgrade(config: ConfigOption = None) -> None:
 
     upgrade(settings.catalog)
     out.print(f"catalog at revision {current_revision(settings.catalog)}")
+
+
+ml_commands.register(app)
 
 
 def main() -> None:  # pragma: no cover - console-script shim

@@ -79,3 +79,23 @@ def test_config_with_an_unknown_key_is_refused(tmp_path):
     )
     code, output = instill("refresh", "--config", str(config))
     assert code == 2 and "promotion.auto_promot" in output
+
+
+def test_every_flow_has_a_command():
+    import typer.main
+
+    from flows import lifecycle as lifecycle_flows
+    from flows import refresh as refresh_flows
+    from flows.cli import app
+
+    commands = set(typer.main.get_command(app).commands)
+    flow_names = {
+        obj.name
+        for module in (refresh_flows, lifecycle_flows)
+        for obj in vars(module).values()
+        if hasattr(obj, "fn") and hasattr(obj, "flow_run_name")
+    }
+    assert flow_names == {"refresh", "promote", "rollback", "rollback-release"}
+    # rollback-release is `instill rollback --release N`.
+    assert {"refresh", "promote", "rollback", "generate", "status", "releases", "audit", "db"} <= commands
+    assert {"train-hypernet", "eval", "bench"} <= commands
