@@ -157,3 +157,18 @@ def test_concurrent_promotions_are_serialised(two_versions):
 def test_unknown_document_gets_a_clear_error(two_versions):
     code, out = instill("promote", "docs:nope.md", "--config", two_versions["config"])
     assert code == 2 and "no document 'docs:nope.md'" in out
+
+
+def test_lifecycle_flows_record_their_flow_run(two_versions):
+    from flows.lifecycle import promote as promote_flow
+    from flows.lifecycle import rollback as rollback_flow
+
+    config, alpha = two_versions["config"], two_versions["alpha"]
+    moved = promote_flow(config, "docs:alpha.md", "1", actor="flow", reason="via prefect")
+    assert moved == {"model": alpha, "alias": "production", "from_version": "2", "to_version": "1"}
+    back = rollback_flow(config, "docs:alpha.md", actor="flow", reason="undo")
+    assert back["to_version"] == "2"
+    with session_scope(runtime(config).sessions) as s:
+        events = s.scalars(select(AliasEvent).where(AliasEvent.actor == "flow").order_by(AliasEvent.id)).all()
+        assert len(events) == 2 and all(e.flow_run_id for e in events)
+        assert events[0].flow_run_id != events[1].flow_run_id

@@ -61,3 +61,14 @@ def test_a_broken_qa_file_fails_its_document_with_the_file_named(prefect_server,
     reasons = {f["document"]: f["reason"] for f in summary["failed"]}
     assert "beta.qa.yaml" in reasons["docs:beta.txt"]
     assert summary["changed"]["added"] == 3, "the probe file is not a document"
+
+
+def test_promoting_a_failed_adapter_is_refused(prefect_server, kb, tmp_path):
+    from tests.fixtures.kb import instill
+
+    refresh(kb, tmp_path / "one.json")
+    _enable_gates(kb)
+    (kb.parent / "docs" / "alpha.md").write_text(DOCS["alpha.md"] + "\nThe station has 14 rooms.\n")
+    refresh(kb, tmp_path / "two.json")
+    code, out = instill("promote", "docs:alpha.md", "--version", "2", "--config", str(kb))
+    assert code == 2 and "failed its QA gates" in out

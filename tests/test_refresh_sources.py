@@ -44,7 +44,11 @@ def home(tmp_path: Path, monkeypatch) -> Path:
 def write_config(folder: Path, sources: list[dict], base_model: str = "smollm2-135m-instruct") -> Path:
     config = folder / "instill.yaml"
     generator = {"name": "cd", "base_model": base_model, "options": {"steps": 2}}
-    config.write_text(yaml.safe_dump({"name": "testkb", "sources": sources, "generator": generator}))
+    # A random tiny model cannot show knowledge, so the gates are off here (tests/test_refresh_gates.py).
+    gates = {"enabled": False}
+    config.write_text(
+        yaml.safe_dump({"name": "testkb", "sources": sources, "generator": generator, "gates": gates})
+    )
     return config
 
 
