@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from tasks.catalog import queries
 from tasks.catalog.db import session_scope
-from tasks.catalog.models import Adapter, AliasEvent, Document, Source
+from tasks.catalog.models import Adapter, AliasEvent, Document
 from tasks.catalog.types import AdapterState, DocumentState
 from tasks.publish import PRODUCTION, model_name, move_alias
 from tasks.runtime import Runtime, runtime
@@ -60,10 +60,11 @@ def resolve_document(session: Session, rt: Runtime, ref: str) -> Document:
         if doc is not None:
             return doc
     else:
-        prefix = f"{rt.kb.name}-"
-        for doc in session.scalars(select(Document).join(Source)):
-            if prefix + f"{doc.source.name}-{doc.id}" == ref:
-                return doc
+        # A model name ends in the document's catalog id (publish.model_name): look it up, then check.
+        tail = ref.rsplit("-", 1)[-1]
+        doc = session.get(Document, int(tail)) if tail.isdigit() else None
+        if doc is not None and model_name(rt.kb.name, doc.source.name, doc.id) == ref:
+            return doc
     raise LifecycleError(
         f"no document {ref!r}: use SOURCE:KEY (see `instill status`) or a registered model name"
     )

@@ -172,3 +172,12 @@ def test_lifecycle_flows_record_their_flow_run(two_versions):
         events = s.scalars(select(AliasEvent).where(AliasEvent.actor == "flow").order_by(AliasEvent.id)).all()
         assert len(events) == 2 and all(e.flow_run_id for e in events)
         assert events[0].flow_run_id != events[1].flow_run_id
+
+
+def test_documents_can_be_named_by_their_model(two_versions):
+    config, alpha = two_versions["config"], two_versions["alpha"]
+    code, out = instill("rollback", alpha, "--config", config)
+    assert code == 0, out
+    assert runtime(config).registry.alias(alpha, "production") == "1"
+    code, out = instill("promote", "testkb-docs-999", "--config", config)
+    assert code == 2 and "no document" in out
