@@ -277,4 +277,6 @@ def apply_runtime_env(home: Path) -> None:
     """Offline, telemetry-free defaults; an explicit environment variable always wins."""
     for key, value in RUNTIME_ENV.items():
         os.environ.setdefault(key, value)
-    os.environ.setdefault("PREFECT_HOME", str((home / "prefect").resolve()))
+    prefect_home = (home / "prefect").resolve()
+    prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level itself
+    os.environ.setdefault("PREFECT_HOME", str(prefect_home))
