@@ -335,7 +335,7 @@ def loss_step(run: Run, docs: list[Document]) -> tuple[Tensor, dict[str, float]]
         A = B = None
     else:
         A, B = generated_factors(run, docs)
-        index = torch.cat([batch.doc, (batch.doc + 1) % D]).to(dev)  # own, then shuffled
+        index = torch.cat([batch.doc, shuffle_partners(docs)[batch.doc]]).to(dev)  # own, then shuffled
         logp = answer_logprobs(model, batch.doubled(), run.net.batch_adapter(A, B, index))
     nll = -logp.gather(1, batch.target.repeat(len(logp) // M)[:, None].to(dev))[:, 0]
     doc_of_token = batch.doc[batch.seq].to(dev)
@@ -359,6 +359,21 @@ def loss_step(run: Run, docs: list[Document]) -> tuple[Tensor, dict[str, float]]
         }
     stats["loss"] = loss.item()
     return loss, stats
+
+
+def shuffle_partners(docs: list[Document]) -> Tensor:
+    """For each document, the next one of the same kind in the batch (cyclically) whose adapter the
+    contrastive term applies to its questions; (i + 1) mod D when it is the only one of its kind.
+
+    Within a kind, because a real-text document's adapter set against a synthetic one's can be told
+    apart by the kind of document alone: a margin met that way teaches nothing about the content.
+    """
+    kinds = [any(q.fact == "continuation" for q in d.questions) for d in docs]
+    D, partners = len(docs), []
+    for i in range(D):
+        same = [(i + k) % D for k in range(1, D) if kinds[(i + k) % D] == kinds[i]]
+        partners.append(same[0] if same else (i + 1) % D)
+    return torch.tensor(partners)
 
 
 def set_stage(net: Hypernet, bias_stage: bool) -> None:

@@ -117,3 +117,18 @@ def test_real_text_and_a_warm_start_join_a_run(tiny_base, tmp_path: Path) -> Non
     after = load_hypernet(tmp_path / "second" / "final").state_dict()
     assert all(torch.equal(before[k], after[k]) for k in ("bias_A", "bias_B"))  # frozen without stage 1
     assert not torch.equal(before["head_A"], after["head_A"])
+
+
+def test_contrastive_partner_is_a_document_of_the_same_kind() -> None:
+    from hypernet.data import DataConfig, make_split, text_document
+    from hypernet.train import shuffle_partners
+
+    synthetic = make_split(DataConfig(n_train=3), "train")
+    real = [
+        text_document(f"r{i}", "One two three four five six seven. Eight nine ten eleven twelve.")
+        for i in range(2)
+    ]
+    docs = [synthetic[0], real[0], synthetic[1], real[1], synthetic[2]]
+    assert shuffle_partners(docs).tolist() == [2, 3, 4, 1, 0]
+    assert shuffle_partners(synthetic).tolist() == [1, 2, 0]  # one kind: the next document
+    assert shuffle_partners([synthetic[0], real[0]]).tolist() == [1, 0]  # alone of its kind: the next
