@@ -116,8 +116,8 @@ def eval_command(
     real_docs: Annotated[int, typer.Option(help="Held-out real-text documents.")] = 24,
     em_docs: Annotated[int, typer.Option(help="Synthetic documents also answered greedily.")] = 12,
     real_em_docs: Annotated[int, typer.Option(help="Real documents also answered greedily.")] = 6,
-    generator_docs: Annotated[int, typer.Option(help="Synthetic documents every generator runs on.")] = 6,
-    real_generator_docs: Annotated[int, typer.Option(help="Real documents every generator runs on.")] = 3,
+    generator_docs: Annotated[int, typer.Option(help="Synthetic documents every generator runs on.")] = 4,
+    real_generator_docs: Annotated[int, typer.Option(help="Real documents every generator runs on.")] = 2,
     generators: Annotated[
         str, typer.Option(help="Comma-separated generators to compare.")
     ] = "hypernet,cd,hypernet+cd",

@@ -45,8 +45,8 @@ class EvalConfig:
     real_docs: int = 24
     em_docs: int = 12  # synthetic documents whose probes are also answered greedily
     real_em_docs: int = 6  # the same for real text (6 probes per document: greedy answers cost)
-    generator_docs: int = 6  # synthetic documents every generator is run on, side by side
-    real_generator_docs: int = 3  # real documents every generator is run on (CD costs most here)
+    generator_docs: int = 4  # synthetic documents every generator is run on, side by side
+    real_generator_docs: int = 2  # real documents every generator is run on (CD costs most here)
     generators: tuple[str, ...] = GENERATORS
     generator_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per generator name
     checkpoint: str | None = None  # hypernet checkpoint (default: the shipped one)
