@@ -24,8 +24,15 @@ def _events(session: Session, model: str, version: str | None = None) -> list[di
     if version is not None:
         query = query.where(or_(AliasEvent.to_version == version, AliasEvent.from_version == version))
     return [
-        {"alias": e.alias, "from_version": e.from_version, "to_version": e.to_version, "actor": e.actor,
-         "reason": e.reason, "time": _ts(e.created_at), "flow_run_id": e.flow_run_id}
+        {
+            "alias": e.alias,
+            "from_version": e.from_version,
+            "to_version": e.to_version,
+            "actor": e.actor,
+            "reason": e.reason,
+            "time": _ts(e.created_at),
+            "flow_run_id": e.flow_run_id,
+        }
         for e in session.scalars(query.order_by(AliasEvent.id))
     ]
 
@@ -41,21 +48,39 @@ def adapter_record(session: Session, adapter: Adapter) -> dict:
         "store_uri": adapter.store_uri,
         "rank": adapter.rank,
         "targets": adapter.targets,
-        "document": {"source": doc.source.name, "source_kind": doc.source.kind, "key": doc.external_key,
-                     "path": version.path, "current_path": doc.current_path, "title": doc.title},
+        "document": {
+            "source": doc.source.name,
+            "source_kind": doc.source.kind,
+            "key": doc.external_key,
+            "path": version.path,
+            "current_path": doc.current_path,
+            "title": doc.title,
+        },
         "source_revision": version.source_revision,
         "change_kind": version.change_kind,
         "raw_sha256": version.raw_sha256,
         "text_sha256": version.text_sha256,
         "parser": version.parser,
         "parser_version": version.parser_version,
-        "generator": {"kind": hypernet.kind, "fingerprint": hypernet.fingerprint,
-                      "checkpoint_sha256": hypernet.checkpoint_sha256},
-        "base_model": {"id": hypernet.base_model_id, "revision": hypernet.base_model_revision,
-                       "weights_sha256": hypernet.base_model_sha256},
+        "generator": {
+            "kind": hypernet.kind,
+            "fingerprint": hypernet.fingerprint,
+            "checkpoint_sha256": hypernet.checkpoint_sha256,
+        },
+        "base_model": {
+            "id": hypernet.base_model_id,
+            "revision": hypernet.base_model_revision,
+            "weights_sha256": hypernet.base_model_sha256,
+        },
         "qa": [
-            {"suite": q.suite, "suite_version": q.suite_version, "metric": q.metric, "value": q.value,
-             "threshold": q.threshold, "passed": q.passed}
+            {
+                "suite": q.suite,
+                "suite_version": q.suite_version,
+                "metric": q.metric,
+                "value": q.value,
+                "threshold": q.threshold,
+                "passed": q.passed,
+            }
             for q in adapter.qa_results
         ],
         "flow_run_id": adapter.flow_run_id,
@@ -100,11 +125,23 @@ def audit_document(config: str, ref: str) -> dict:
             "model": model,
             "production": rt.registry.alias(model, PRODUCTION),
             "versions": [
-                {"source_revision": v.source_revision, "change_kind": v.change_kind, "path": v.path,
-                 "raw_sha256": v.raw_sha256, "text_sha256": v.text_sha256, "error": v.error,
-                 "time": _ts(v.created_at),
-                 "adapters": [{"version": a.model_version, "state": a.state.value,
-                               "adapter_sha256": a.adapter_sha256} for a in v.adapters]}
+                {
+                    "source_revision": v.source_revision,
+                    "change_kind": v.change_kind,
+                    "path": v.path,
+                    "raw_sha256": v.raw_sha256,
+                    "text_sha256": v.text_sha256,
+                    "error": v.error,
+                    "time": _ts(v.created_at),
+                    "adapters": [
+                        {
+                            "version": a.model_version,
+                            "state": a.state.value,
+                            "adapter_sha256": a.adapter_sha256,
+                        }
+                        for a in v.adapters
+                    ],
+                }
                 for v in doc.versions
             ],
             "alias_events": _events(session, model),
@@ -127,12 +164,14 @@ def _status(rt: Runtime) -> list[dict]:
             model = model_name(rt.kb.name, doc.source.name, doc.id)
             prod = [a for v in doc.versions for a in v.adapters if a.state.value == PRODUCTION]
             last = doc.versions[-1] if doc.versions else None
-            rows.append({
-                "document": f"{doc.source.name}:{doc.current_path}",
-                "state": doc.state.value,
-                "model": model,
-                "production": prod[-1].model_version if prod else None,
-                "adapter_sha256": prod[-1].adapter_sha256 if prod else None,
-                "last_error": last.error if last else None,
-            })
+            rows.append(
+                {
+                    "document": f"{doc.source.name}:{doc.current_path}",
+                    "state": doc.state.value,
+                    "model": model,
+                    "production": prod[-1].model_version if prod else None,
+                    "adapter_sha256": prod[-1].adapter_sha256 if prod else None,
+                    "last_error": last.error if last else None,
+                }
+            )
     return rows
