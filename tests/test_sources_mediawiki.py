@@ -54,8 +54,9 @@ def test_first_run_lists_the_pages_of_the_namespaces_and_reads_wikitext(mediawik
             ("added", str(beta["pageid"]), f"T{ns}:Beta page"),
         ]
     )
-    assert changeset.changes[0].revision == str(alpha["newrevid"])
-    assert source.fetch(changeset.changes[0]) == b"'''Alpha''' station opened in 1987."
+    alpha_change = next(c for c in changeset.changes if c.key == str(alpha["pageid"]))
+    assert alpha_change.revision == str(alpha["newrevid"])
+    assert source.fetch(alpha_change) == b"'''Alpha''' station opened in 1987."
     assert Mark.parse(changeset.cursor).rcid > 0
 
 
@@ -108,8 +109,10 @@ def test_rows_of_the_same_second_after_the_cursor_are_read_and_those_before_are_
     else:
         pytest.skip("could not make two edits within one second")
     stamp = first["newtimestamp"]
+    # Other tests edit the same wiki: only this namespace's rows, all of them (the default limit is 10).
     params = {"action": "query", "list": "recentchanges", "rcprop": "ids|timestamp", "rcstart": stamp,
-              "rcdir": "newer", "format": "json", "formatversion": "2"}  # fmt: skip
+              "rcdir": "newer", "rcnamespace": str(ns), "rclimit": "max", "format": "json",
+              "formatversion": "2"}  # fmt: skip
     rows = requests.get(mediawiki.api_url, params=params).json()["query"]["recentchanges"]
     rcid = {r["revid"]: r["rcid"] for r in rows}
     known = {str(first["pageid"]): KnownDocument(str(first["pageid"]), str(first["newrevid"]))}
