@@ -12,7 +12,7 @@ from tasks.settings import (
     Settings,
     SourceConfig,
 )
-from tasks.sources.base import Change, Source, SourceError
+from tasks.sources.base import Change, Source, SourceError, redact
 
 
 def build_source(cfg: SourceConfig, settings: Settings) -> Source:
@@ -73,13 +73,11 @@ def source_uri(cfg: SourceConfig) -> str:
     if isinstance(cfg, S3SourceConfig):
         where = f"s3://{cfg.bucket}/{cfg.prefix}"
         return (
-            f"{_strip_userinfo(cfg.endpoint_url).rstrip('/')}/{cfg.bucket}/{cfg.prefix}"
-            if cfg.endpoint_url
-            else where
+            f"{redact(cfg.endpoint_url).rstrip('/')}/{cfg.bucket}/{cfg.prefix}" if cfg.endpoint_url else where
         )
     if isinstance(cfg, MediaWikiSourceConfig):
-        return _strip_userinfo(cfg.api_url)
-    return _strip_userinfo(cfg.url)
+        return redact(cfg.api_url)
+    return redact(cfg.url)
 
 
 def document_filename(cfg: SourceConfig, change: Change) -> str:
@@ -97,11 +95,3 @@ def _secret(cfg: SourceConfig, env_name: str | None) -> str | None:
     if not value:
         raise SourceError(f"{cfg.kind} source {cfg.name!r}: environment variable {env_name} is not set")
     return value
-
-
-def _strip_userinfo(url: str) -> str:
-    if "://" not in url or "@" not in url.split("://", 1)[1].split("/", 1)[0]:
-        return url
-    scheme, rest = url.split("://", 1)
-    host_and_path = rest.split("@", 1)[1]
-    return f"{scheme}://{host_and_path}"

@@ -11,6 +11,7 @@ A connector is a plain class with two calls (after dlt's sources, with an explic
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -83,6 +84,14 @@ class Source(Protocol):
     def changes(self, cursor: str | None, known: Mapping[str, KnownDocument]) -> ChangeSet: ...
 
     def fetch(self, change: Change) -> bytes: ...
+
+
+_USERINFO = re.compile(r"(?<=://)[^/\s]*@")  # greedy: up to the last @ of the authority
+
+
+def redact(text: str) -> str:
+    """Drop the user:password part of every URL in ``text`` (for messages and the catalog)."""
+    return _USERINFO.sub("", text)
 
 
 def is_document(path: str) -> bool:

@@ -17,17 +17,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import ClassVar
 
-from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, SourceError
+from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, SourceError, redact
 from tasks.sources.local import DocumentFetchError, compare_with_known, is_selected, sort_changes
 
 _OBJECT_ID = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
-_USERINFO = re.compile(r"(?<=://)[^/\s]*@")  # greedy: up to the last @ of the authority
 _FILE_MODES = ("100644", "100755")  # symlinks (120000) and submodules (160000) are not documents
-
-
-def redact(text: str) -> str:
-    """Drop the user:password part of every URL in ``text``."""
-    return _USERINFO.sub("", text)
 
 
 def _git_env() -> dict[str, str]:
