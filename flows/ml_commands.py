@@ -128,7 +128,7 @@ def eval_command(
 ) -> None:
     """Measure the generators on held-out documents: five conditions, gap closed with CIs, exact match."""
     settings = _settings()
-    from hypernet.eval import EvalConfig, run_eval, to_markdown
+    from hypernet.generator_eval import EvalConfig, run_eval, to_markdown
     from hypernet.generators import GeneratorError
 
     try:

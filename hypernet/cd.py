@@ -13,7 +13,6 @@ same teacher targets and loss with generated weights.
 
 from __future__ import annotations
 
-import inspect
 import math
 import time
 from collections.abc import Callable
@@ -24,6 +23,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hypernet.base_model import BaseModel, chat_ids
+from hypernet.batching import pad_id, right_pad, shared_prefix_logprobs
 from hypernet.config import CDConfig
 from hypernet.lora import LoraWeights, applied, target_linears
 from hypernet.probes import Probe, sentence_probes
@@ -113,8 +113,8 @@ def build_targets(base: BaseModel, text: str, probes: list[Probe], top_k: int = 
     tok = base.tokenizer
     student = [chat_ids(tok, p.question, p.answer) for p in probes]
     teacher = [chat_ids(tok, f"{text}\n\n{p.question}", p.answer) for p in probes]
-    input_ids, mask, predict = _right_pad(student, _pad_id(tok))
-    logp = _teacher_logprobs(base.model, teacher, _pad_id(tok))
+    input_ids, mask, predict = right_pad(student, pad_id(tok))
+    logp = shared_prefix_logprobs(base.model, teacher, pad_id(tok))
     idx = None
     if top_k:
         vals, idx = logp.topk(min(top_k, logp.shape[-1]), dim=-1)
@@ -145,44 +145,6 @@ def distill_loss(model: nn.Module, weights: LoraWeights | None, targets: Distill
 
 
 @torch.no_grad()
-def _teacher_logprobs(model: nn.Module, seqs: list[tuple[list[int], list[int]]], pad_id: int) -> Tensor:
-    """Log-probs ``[M, V]`` on the answer tokens; the prompts' common prefix (the document) runs once."""
-    prompts = [p for p, _ in seqs]
-    shared = min(_common_prefix_len(prompts), min(len(p) for p in prompts) - 1)
-    dev = next(model.parameters()).device
-    cache = None
-    if shared > 0:
-        prefix = torch.tensor([prompts[0][:shared]], device=dev)
-        out = model(input_ids=prefix, use_cache=True)
-        cache = out.cache if hasattr(out, "cache") else out.past_key_values
-        cache.batch_repeat_interleave(len(seqs))
-    rest = [(p[shared:], a) for p, a in seqs]
-    input_ids, mask, predict = _right_pad(rest, pad_id)
-    full_mask = torch.cat([torch.ones(len(seqs), shared, dtype=mask.dtype), mask], dim=1)
-    logits = model(
-        input_ids=input_ids.to(dev),
-        attention_mask=full_mask.to(dev),
-        logits_to_keep=predict.to(dev),
-        use_cache=False,
-        **{_cache_kwarg(model): cache},
-    ).logits
-    return F.log_softmax(logits.float(), dim=-1)
-
-
-def _right_pad(seqs: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[Tensor, Tensor, Tensor]:
-    """``[N, T]`` ids, attention mask and the positions that predict each answer token."""
-    width = max(len(p) + len(a) for p, a in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    predict = torch.zeros((len(seqs), width), dtype=torch.bool)
-    for i, (prompt, answer) in enumerate(seqs):
-        n = len(prompt) + len(answer)
-        ids[i, :n] = torch.tensor(prompt + answer)
-        mask[i, :n] = 1
-        predict[i, len(prompt) - 1 : n - 1] = True
-    return ids, mask, predict
-
-
 def _trainable_lora(base: BaseModel, cfg: CDConfig, init: LoraWeights | None) -> LoraWeights:
     """LoRA parameters on the base model's device: ``init`` copied, or A kaiming-uniform and B zero."""
     dev = base.device
@@ -208,22 +170,3 @@ def _truncate(base: BaseModel, text: str, max_tokens: int) -> tuple[str, int, li
         return text, len(ids), []
     note = f"document truncated to its first {max_tokens} of {len(ids)} tokens for distillation"
     return base.tokenizer.decode(ids[:max_tokens]), max_tokens, [note]
-
-
-def _common_prefix_len(seqs: list[list[int]]) -> int:
-    n = 0
-    for column in zip(*seqs, strict=False):
-        if any(t != column[0] for t in column):
-            break
-        n += 1
-    return n
-
-
-def _cache_kwarg(model: nn.Module) -> str:
-    # transformers 5.2x renamed `past_key_values` to `cache` (the old name warns until 5.40)
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return int(pad if pad is not None else 0)

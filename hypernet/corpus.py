@@ -31,6 +31,7 @@ from pathlib import Path
 
 from hypernet.data import Document, Question
 from hypernet.probes import QUESTION_PREFIX, sentence_probes, split_sentences
+from hypernet.spans import knowledge_probes
 
 CORPUS_FILE = Path(__file__).resolve().parent / "corpora" / "python-docs.jsonl"
 NOTICE = (
@@ -164,6 +165,62 @@ def training_documents(n: int, n_probes: int = 3, max_answer_words: int = 12) ->
         questions = tuple(Question(p.question, p.answer, "continuation") for p in probes)
         docs.append(Document(f"real-{doc.doc_id}", doc.text, questions, 0))
     return [d for d in docs if d.questions]
+
+
+# ---------------------------------------------------------------- the package corpus (tasks.corpus builds it)
+
+CORPUS_DOCUMENTS = "documents.jsonl"
+CORPUS_MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class RealDocument:
+    """One document of the package corpus (``documents.jsonl``; see ``tasks.corpus``)."""
+
+    doc_id: str
+    package: str
+    split: str  # train | heldout (whole packages)
+    text: str
+    n_tokens: int
+    title: str = ""
+
+
+def load_package_corpus(corpus_dir: Path, split: str | None = None) -> tuple[list[RealDocument], str]:
+    """The documents of a built corpus (one split or all, file order) and its manifest's sha256."""
+    corpus_dir = Path(corpus_dir)
+    try:
+        manifest = (corpus_dir / CORPUS_MANIFEST).read_bytes()
+        docs = []
+        with (corpus_dir / CORPUS_DOCUMENTS).open(encoding="utf-8") as fh:
+            for line in fh:
+                row = json.loads(line)
+                if split is None or row["split"] == split:
+                    docs.append(
+                        RealDocument(
+                            row["doc_id"], row["package"], row["split"], row["text"], int(row["n_tokens"]),
+                            row.get("title", ""),
+                        )
+                    )  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CorpusError(
+            f"corpus {corpus_dir} is missing or unreadable ({exc}); build it with `instill corpus build`"
+        ) from exc
+    return docs, hashlib.sha256(manifest).hexdigest()
+
+
+def probe_document(
+    doc_id: str, text: str, n_knowledge: int = 6, n_continuation: int = 2, seed: int = 0
+) -> Document:
+    """A real document with knowledge probes (``hypernet.spans``) and a few continuation probes.
+
+    Continuation answers are cut to 8 words: they check the adapter on running text, while the span
+    probes carry the document's facts. Documents without any probe get an empty question list.
+    """
+    questions = [Question(p.question, p.answer, p.kind) for p in knowledge_probes(text, n_knowledge, seed)]
+    if n_continuation:
+        for p in sentence_probes(text, n_continuation, seed=seed, max_answer_words=8):
+            questions.append(Question(p.question, p.answer, "continuation"))
+    return Document(doc_id, text, tuple(questions), 0)
 
 
 def main() -> None:  # pragma: no cover - rebuilds the frozen file: python -m hypernet.corpus

@@ -210,6 +210,30 @@ class Hypernet(nn.Module):
         B = B * (cfg.alpha * self.gen_scale)[None, :, None, None]
         return A, B
 
+    def document_factors(self, docs: list[list[Tensor]]) -> tuple[Tensor, Tensor]:
+        """Generated factors per document from its chunks' features, chunks concatenated along rank.
+
+        ``docs[i]`` holds document i's chunk features ``[L, T, H]``. Returns A ``[D, L, c*r, d_in]``
+        and B ``[D, L, d_out, c*r]`` for c = the most chunks of any document; a shorter document's
+        missing chunks are zero factors, which add nothing to its update (``generate``'s order).
+        """
+        counts = [len(chunks) for chunks in docs]
+        features, mask = pad_features([c for chunks in docs for c in chunks])
+        dev = self.head_A.device
+        A, B = self(features.to(dev), mask.to(dev))  # [n_chunks, L, r, ·]
+        if max(counts) == 1:
+            return A, B
+        D, c, (_, L, r, d_in), d_out = len(docs), max(counts), A.shape, B.shape[2]
+        A_out = A.new_zeros(D, c, L, r, d_in)
+        B_out = B.new_zeros(D, c, L, d_out, r)
+        doc = torch.repeat_interleave(torch.arange(D), torch.tensor(counts))
+        pos = torch.cat([torch.arange(n) for n in counts])
+        A_out = A_out.index_put((doc, pos), A)
+        B_out = B_out.index_put((doc, pos), B)
+        A_out = A_out.permute(0, 2, 1, 3, 4).reshape(D, L, c * r, d_in)
+        B_out = B_out.permute(0, 2, 3, 1, 4).reshape(D, L, d_out, c * r)
+        return A_out, B_out
+
     def bias_factors(self) -> tuple[Tensor, Tensor]:
         """The bias LoRA: A ``[L, rb, d_in]``, B ``[L, d_out, rb]``."""
         cfg = self.cfg

@@ -1,22 +1,24 @@
-"""Meta-training of the Doc-to-LoRA hypernetwork: setup -> train -> evaluate -> save.
+"""Meta-training of the Doc-to-LoRA hypernetwork: setup -> train -> validate -> save.
 
 Student = base model + generated adapter, seeing only the question; teacher = base model with the
-document in the prompt. Per batch of documents the loss is
+document in the prompt (``hypernet.teacher``). Per batch of documents the loss is
 
     w_kl * KL(teacher top-k || student) + w_ce * CE(gold answer)            on the own adapter
   + w_margin * mean_docs relu(margin - (CE_shuffled - CE_own))               contrastive margin
   + w_l1 * (mean|A| + mean|B|) + w_shared * shared_fraction(B·A)           on the generated factors
 
-where "shuffled" applies document (i+1)'s adapter to document i's questions in the same forward pass.
-Stage 1 (``bias_steps``) trains the bias LoRA alone with KL + CE; stage 2 freezes it and trains the
-generated path (see hypernet.model for why). Teacher targets and document features are computed once
-and cached, so many epochs cost only student passes.
+where "shuffled" applies another same-kind document's adapter to document i's questions in the same
+forward pass. Stage 1 (``bias_steps``) trains the bias LoRA alone with KL + CE; stage 2 freezes it and
+trains the generated path (see hypernet.model for why).
 
-Evaluation on held-out documents (entities and values never seen in training) reports the answer NLL
-under five conditions: base, bias only, own adapter, wrong-document adapter, in-context, and the
-fraction of the base -> in-context gap each closes. The wrong-document control is the one that
-exposes a constant adapter (research/proto.md). Checkpoints are safetensors + JSON; training resumes
-to the identical state because batches are a pure function of (seed, step).
+Documents: seeded synthetic fact documents (``hypernet.data``) and real prose from the package corpus
+(``corpus``, built by ``instill corpus build``) with knowledge probes on informative spans
+(``hypernet.spans``). Real documents are seen about once, so their features are computed when a batch
+needs them (memory cache only); teacher targets are small and cached on disk, held-out features too.
+
+Validation on held-out documents (``hypernet.validate``): synthetic ones with entities and values never
+seen in training, and real ones from held-out packages. Checkpoints are safetensors + JSON; training
+resumes to the identical state because batches are a pure function of (seed, step).
 
 Entry points: ``train(cfg, base, out_dir, log)`` and ``python -m hypernet.train --out runs/NAME``.
 """
@@ -25,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -33,6 +34,7 @@ import random
 import shutil
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,14 +44,14 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from hypernet.base_model import BaseModel, chat_ids, load_base_model
-from hypernet.corpus import training_documents
-from hypernet.data import DataConfig, Document, curriculum_level, make_split, student_prompt, teacher_prompt
-from hypernet.evaluate import exact_match as answer_matches
-from hypernet.evaluate import greedy_answer
-from hypernet.features import FeatureConfig, FeatureEncoder, pad_features
-from hypernet.lora import LoraWeights, applied
+from hypernet.base_model import BaseModel, load_base_model
+from hypernet.corpus import load_package_corpus, probe_document, training_documents
+from hypernet.data import DataConfig, Document, curriculum_level, make_split
+from hypernet.features import FeatureConfig, FeatureEncoder
+from hypernet.metrics import per_group_mean
 from hypernet.model import Hypernet, HypernetConfig, load_hypernet, save_hypernet, shared_fraction
+from hypernet.teacher import TeacherCache, answer_logprobs, make_batch
+from hypernet.validate import Subject, validate
 
 Log = Callable[[dict[str, Any]], None]
 
@@ -79,15 +81,23 @@ class TrainConfig:
     # bookkeeping
     log_every: int = 10
     eval_every: int = 100
-    eval_docs: int = 32  # held-out documents in mid-run evaluations (the final one uses all)
+    eval_docs: int = 32  # held-out documents per set in mid-run validations (the final one uses all)
     em_docs: int = 16  # held-out documents scored by greedy exact match at the end
     ckpt_every: int = 50
+    ckpt_minutes: float | None = None  # also checkpoint when this much time passed since the last one
     max_minutes: float | None = None  # wall-clock bound on the training loop; then evaluate and save
     stop_at_step: int | None = None  # stop there (a checkpoint is written); the schedule still spans `steps`
-    cache_dir: str | None = None  # features + teacher cache; default: out_dir/cache
-    # real text (hypernet.corpus training split) mixed into the training documents, and a warm start
-    real_docs: int = 0
+    cache_dir: str | None = None  # teacher + held-out feature cache; default: out_dir/cache
+    # real text: the package corpus (a built corpus dir) or, without it, the shipped python-docs corpus
+    corpus: str | None = None
+    real_docs: int = 0  # real training documents (a seeded sample of the corpus' training split)
+    real_heldout: int = 48  # real held-out documents (held-out packages) for validation
+    real_fraction: float = 0.5  # share of each batch drawn from real documents
+    max_chunks: int = 2  # real training documents longer than this many chunks are left out
+    n_knowledge: int = 6  # span probes per real document
+    n_continuation: int = 2  # continuation probes per real document
     init_from: str | None = None  # a checkpoint dir whose network weights start this run
+    amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
 
     def __post_init__(self) -> None:
         if isinstance(self.data, dict):
@@ -98,130 +108,11 @@ class TrainConfig:
             )
         if self.batch_docs < 2:
             raise ValueError("TrainConfig: batch_docs must be >= 2 (the contrastive term shuffles within it)")
+        if not 0 <= self.real_fraction <= 1:
+            raise ValueError(f"TrainConfig: real_fraction must be in [0, 1], got {self.real_fraction}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-# ---------------------------------------------------------------- batches and targets
-
-
-@dataclass
-class Batch:
-    """Questions of several documents as one right-padded student batch."""
-
-    input_ids: Tensor  # [S, T]
-    attention_mask: Tensor  # [S, T]
-    predict: Tensor  # [S, T] bool: the position predicts an answer token
-    target: Tensor  # [M] answer token ids, in (sequence, position) order
-    seq: Tensor  # [M] sequence of each answer token
-    doc: Tensor  # [S] document (index into the batch's documents) of each sequence
-
-    def doubled(self) -> Batch:
-        """The batch twice over (own adapters first, shuffled ones second)."""
-        S = self.input_ids.shape[0]
-        return Batch(
-            self.input_ids.repeat(2, 1),
-            self.attention_mask.repeat(2, 1),
-            self.predict.repeat(2, 1),
-            self.target.repeat(2),
-            torch.cat([self.seq, self.seq + S]),
-            self.doc.repeat(2),
-        )
-
-
-def make_batch(tokenizer, docs: list[Document], teacher: bool = False) -> Batch:
-    """Student prompts (or teacher prompts, with the document) + gold answers of every question."""
-    seqs, doc_index = [], []
-    for j, d in enumerate(docs):
-        for q in d.questions:
-            user = teacher_prompt(d.text, q.text) if teacher else student_prompt(q.text)
-            seqs.append(chat_ids(tokenizer, user, q.answer))
-            doc_index.append(j)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    width = max(len(p) + len(a) for p, a in seqs)
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    predict = torch.zeros((len(seqs), width), dtype=torch.bool)
-    target, seq = [], []
-    for i, (prompt, answer) in enumerate(seqs):
-        n = len(prompt) + len(answer)
-        ids[i, :n] = torch.tensor(prompt + answer)
-        mask[i, :n] = 1
-        predict[i, len(prompt) - 1 : n - 1] = True
-        target += answer
-        seq += [i] * len(answer)
-    return Batch(ids, mask, predict, torch.tensor(target), torch.tensor(seq), torch.tensor(doc_index))
-
-
-def answer_logprobs(model: nn.Module, batch: Batch, adapter: LoraWeights | None) -> Tensor:
-    """Log-probs ``[M, V]`` at the positions that predict answer tokens."""
-    dev = next(model.parameters()).device
-    with applied(model, adapter):
-        logits = model(
-            input_ids=batch.input_ids.to(dev),
-            attention_mask=batch.attention_mask.to(dev),
-            logits_to_keep=batch.predict.to(dev),
-        ).logits  # [M, V]
-    return F.log_softmax(logits.float(), dim=-1)
-
-
-def per_group_mean(values: Tensor, group: Tensor, n: int) -> Tensor:
-    """Mean of ``values`` [M] within each of ``n`` groups."""
-    zeros = torch.zeros(n, dtype=values.dtype, device=values.device)
-    sums = zeros.index_add(0, group, values)
-    counts = zeros.index_add(0, group, torch.ones_like(values))
-    return sums / counts.clamp(min=1)
-
-
-@dataclass
-class Teacher:
-    """The in-context teacher on one document's answer tokens (cached on disk)."""
-
-    topk_ids: Tensor  # [M, k]
-    topk_logp: Tensor  # [M, k], renormalised over the top-k
-    gold_logp: Tensor  # [M] log-prob of the gold answer token
-
-
-class TeacherCache:
-    def __init__(self, base: BaseModel, top_k: int, cache_dir: Path):
-        self.base, self.top_k = base, top_k
-        self.dir = Path(cache_dir) / f"{base.weights_sha256[:16]}-k{top_k}"
-        self._memory: dict[str, Teacher] = {}
-
-    def key(self, doc: Document) -> str:
-        probes = [(q.text, q.answer) for q in doc.questions]
-        return hashlib.sha256(json.dumps([doc.text, probes]).encode()).hexdigest()
-
-    def get(self, doc: Document) -> Teacher:
-        key = self.key(doc)
-        if key not in self._memory:
-            path = self.dir / f"{key}.safetensors"
-            if path.is_file():
-                t = load_file(str(path))
-            else:
-                t = self._compute(doc)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                save_file(t, str(path.with_suffix(".tmp")))
-                path.with_suffix(".tmp").replace(path)
-            self._memory[key] = Teacher(t["topk_ids"], t["topk_logp"], t["gold_logp"])
-        return self._memory[key]
-
-    @torch.no_grad()
-    def _compute(self, doc: Document) -> dict[str, Tensor]:
-        batch = make_batch(self.base.tokenizer, [doc], teacher=True)
-        logp = answer_logprobs(self.base.model, batch, None).cpu()  # [M, V]
-        vals, ids = logp.topk(min(self.top_k, logp.shape[-1]), dim=-1)
-        gold = logp.gather(1, batch.target[:, None])[:, 0]
-        return {
-            "topk_ids": ids.contiguous(),
-            "topk_logp": (vals - vals.logsumexp(-1, keepdim=True)).contiguous(),
-            "gold_logp": gold.contiguous(),
-        }
-
-    def for_batch(self, docs: list[Document]) -> Teacher:
-        parts = [self.get(d) for d in docs]
-        return Teacher(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Teacher)))
 
 
 # ---------------------------------------------------------------- the run
@@ -233,14 +124,20 @@ class Run:
     base: BaseModel
     net: Hypernet
     opt: torch.optim.Optimizer
-    train_docs: list[Document]
-    heldout: list[Document]
-    features: FeatureEncoder
-    teacher: TeacherCache
+    synthetic: list[Document]  # training documents
+    real: list[Document]
+    heldout: dict[str, list[Document]]  # validation sets by name
+    features: FeatureEncoder  # memory-cached: training documents are seen about once
+    subject: Subject  # what validation needs, with disk-cached held-out features
     out_dir: Path
     log: Log
+    corpus_sha256: str = ""
     step: int = 0
-    base_nll: dict[str, float] = field(default_factory=dict)  # per held-out document, computed once
+    seconds: dict[str, float] = field(default_factory=dict)  # time per phase since the last log line
+
+    @property
+    def teacher(self) -> TeacherCache:
+        return self.subject.teacher
 
 
 def setup(cfg: TrainConfig, base: BaseModel, out_dir: Path, log: Log) -> Run:
@@ -253,28 +150,50 @@ def setup(cfg: TrainConfig, base: BaseModel, out_dir: Path, log: Log) -> Run:
         base.model, base_model_id=base.model_id, base_weights_sha256=base.weights_sha256, **cfg.net
     )
     net = Hypernet(net_cfg).to(base.device)
-    encoder = FeatureEncoder(base, FeatureConfig(chunk_tokens=net_cfg.chunk_tokens), cache / "features")
-    # training reads one chunk per document: real documents longer than that are left out
-    real = [d for d in training_documents(cfg.real_docs) if len(encoder.chunk_ids(d.text)) == 1]
+    feature_cfg = FeatureConfig(chunk_tokens=net_cfg.chunk_tokens, memory_bytes=2 << 30)
+    real, real_heldout, corpus_sha = real_documents(cfg, net_cfg.chunk_tokens)
+    teacher = TeacherCache(base, cfg.top_k, cache / "teacher")
+    held_features = FeatureEncoder(base, feature_cfg, cache / "features")
+    subject = Subject(base, net, held_features, teacher, cfg.batch_docs, cfg.seed)
+    heldout = {"synthetic": make_split(cfg.data, "heldout")}
+    if real_heldout:
+        heldout["real"] = real_heldout
     run = Run(
-        cfg,
-        base,
-        net,
-        make_optimizer(net, cfg),
-        make_split(cfg.data, "train") + real,
-        make_split(cfg.data, "heldout"),
-        encoder,
-        TeacherCache(base, cfg.top_k, cache / "teacher"),
-        out_dir,
-        log,
-    )
+        cfg, base, net, make_optimizer(net, cfg), make_split(cfg.data, "train"), real, heldout,
+        FeatureEncoder(base, feature_cfg), subject, out_dir, log, corpus_sha,
+    )  # fmt: skip
     if (out_dir / "checkpoint" / "trainer.json").is_file():
         load_checkpoint(run, out_dir / "checkpoint")
     elif cfg.init_from:
         run.net.load_state_dict(load_hypernet(Path(cfg.init_from), base.device).state_dict())
         run.log({"kind": "init", "from": cfg.init_from})
+    log({"kind": "data", "synthetic": len(run.synthetic), "real": len(real), "corpus_sha256": corpus_sha}
+        | {f"heldout_{k}": len(v) for k, v in heldout.items()})  # fmt: skip
     precompute(run)
     return run
+
+
+def real_documents(cfg: TrainConfig, chunk_tokens: int) -> tuple[list[Document], list[Document], str]:
+    """Real training documents (a seeded sample), held-out ones, and the corpus manifest's sha256."""
+    if not cfg.corpus:
+        return training_documents(cfg.real_docs), [], ""
+    train, sha = load_package_corpus(Path(cfg.corpus), "train")
+    held, _ = load_package_corpus(Path(cfg.corpus), "heldout")
+    fits = [d for d in train if math.ceil(d.n_tokens / chunk_tokens) <= cfg.max_chunks]
+    random.Random(f"{cfg.seed}:real").shuffle(fits)
+    random.Random(f"{cfg.seed}:real-heldout").shuffle(held)
+
+    def probed(docs, n):
+        out = []
+        for d in docs:
+            doc = probe_document(d.doc_id, d.text, cfg.n_knowledge, cfg.n_continuation, cfg.seed)
+            if any(q.fact != "continuation" for q in doc.questions):
+                out.append(doc)
+            if len(out) >= n:
+                break
+        return out
+
+    return probed(fits, cfg.real_docs), probed(held, cfg.real_heldout), sha
 
 
 def make_optimizer(net: Hypernet, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -285,12 +204,12 @@ def make_optimizer(net: Hypernet, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 def precompute(run: Run) -> None:
-    """Features and teacher targets of every document, once (disk-cached across runs)."""
-    start, docs = time.perf_counter(), run.train_docs + run.heldout
+    """Features and teacher targets of the held-out documents, once (disk-cached across runs)."""
+    start, docs = time.perf_counter(), [d for docs in run.heldout.values() for d in docs]
     for i, doc in enumerate(docs):
-        run.features.encode(doc.text)
+        run.subject.features.encode(doc.text)
         run.teacher.get(doc)
-        if (i + 1) % 200 == 0 or i + 1 == len(docs):
+        if (i + 1) % 100 == 0 or i + 1 == len(docs):
             elapsed = time.perf_counter() - start
             run.log({"kind": "precompute", "docs": i + 1, "of": len(docs), "seconds": round(elapsed, 1)})
 
@@ -307,36 +226,44 @@ def lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def sample_batch(run: Run, step: int) -> list[Document]:
-    """A pure function of (seed, step): resuming replays the same batches."""
+    """A pure function of (seed, step): resuming replays the same batches.
+
+    ``real_fraction`` of the batch are real documents (when there are any), the rest synthetic ones up
+    to the curriculum's current level.
+    """
     cfg = run.cfg
-    cap = curriculum_level(step / cfg.steps, cfg.data.max_level)
-    pool = [d for d in run.train_docs if d.level <= cap]
     rng = random.Random(f"{cfg.seed}:batch:{step}")
-    return rng.sample(pool, min(cfg.batch_docs, len(pool)))
+    n_real = min(round(cfg.batch_docs * cfg.real_fraction), len(run.real)) if run.real else 0
+    cap = curriculum_level(step / cfg.steps, cfg.data.max_level)
+    pool = [d for d in run.synthetic if d.level <= cap]
+    n_synth = min(cfg.batch_docs - n_real, len(pool))
+    return rng.sample(pool, n_synth) + rng.sample(run.real, n_real)
 
 
-def generated_factors(run: Run, docs: list[Document]) -> tuple[Tensor, Tensor]:
-    """The network's A ``[N, L, r, d_in]`` and B ``[N, L, d_out, r]`` for single-chunk documents."""
-    chunks = [run.features.encode(d.text)[0] for d in docs]  # training documents fit one chunk
-    features, mask = pad_features(chunks)
-    dev = run.base.device
-    return run.net(features.to(dev), mask.to(dev))
+def timed(run: Run, phase: str, fn: Callable[[], Any]) -> Any:
+    start = time.perf_counter()
+    out = fn()
+    run.seconds[phase] = run.seconds.get(phase, 0.0) + time.perf_counter() - start
+    return out
 
 
 def loss_step(run: Run, docs: list[Document]) -> tuple[Tensor, dict[str, float]]:
     """The loss of one batch; stage 1 (bias only) skips the generated path and the margin."""
-    cfg, model, tok = run.cfg, run.base.model, run.base.tokenizer
-    batch = make_batch(tok, docs)
-    teacher = run.teacher.for_batch(docs)
+    cfg, model = run.cfg, run.base.model
+    batch = make_batch(run.base.tokenizer, docs)
+    teacher = timed(run, "teacher", lambda: run.teacher.for_batch(docs))
+    chunks = timed(run, "features", lambda: [run.features.encode(d.text) for d in docs])
     dev = run.base.device
     D, M = len(docs), batch.target.shape[0]
-    if run.step < cfg.bias_steps:
-        logp = answer_logprobs(model, batch, run.net.batch_adapter(None, None, batch.doc.to(dev)))
-        A = B = None
-    else:
-        A, B = generated_factors(run, docs)
-        index = torch.cat([batch.doc, shuffle_partners(docs)[batch.doc]]).to(dev)  # own, then shuffled
-        logp = answer_logprobs(model, batch.doubled(), run.net.batch_adapter(A, B, index))
+    start = time.perf_counter()
+    with autocast(run):
+        if run.step < cfg.bias_steps:
+            logp = answer_logprobs(model, batch, run.net.batch_adapter(None, None, batch.doc.to(dev)))
+            A = B = None
+        else:
+            A, B = run.net.document_factors(chunks)
+            index = torch.cat([batch.doc, shuffle_partners(docs)[batch.doc]]).to(dev)  # own, then shuffled
+            logp = answer_logprobs(model, batch.doubled(), run.net.batch_adapter(A, B, index))
     nll = -logp.gather(1, batch.target.repeat(len(logp) // M)[:, None].to(dev))[:, 0]
     doc_of_token = batch.doc[batch.seq].to(dev)
     ce_own = per_group_mean(nll[:M], doc_of_token, D)  # [D]
@@ -348,7 +275,7 @@ def loss_step(run: Run, docs: list[Document]) -> tuple[Tensor, dict[str, float]]
         ce_shuf = per_group_mean(nll[M:], doc_of_token, D)
         margin = F.relu(cfg.margin - (ce_shuf - ce_own)).mean()
         l1 = A.abs().mean() + B.abs().mean()
-        shared = shared_fraction(A, B)
+        shared = shared_fraction(A.float(), B.float())
         loss = loss + cfg.w_margin * margin + cfg.w_l1 * l1 + cfg.w_shared * shared
         stats |= {
             "ce_shuf": ce_shuf.mean().item(),
@@ -358,7 +285,14 @@ def loss_step(run: Run, docs: list[Document]) -> tuple[Tensor, dict[str, float]]
             "shared": shared.item(),
         }
     stats["loss"] = loss.item()
+    run.seconds["forward"] = run.seconds.get("forward", 0.0) + time.perf_counter() - start
     return loss, stats
+
+
+def autocast(run: Run):
+    if run.cfg.amp and str(run.base.device).startswith("cuda"):
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def shuffle_partners(docs: list[Document]) -> Tensor:
@@ -368,7 +302,7 @@ def shuffle_partners(docs: list[Document]) -> Tensor:
     Within a kind, because a real-text document's adapter set against a synthetic one's can be told
     apart by the kind of document alone: a margin met that way teaches nothing about the content.
     """
-    kinds = [any(q.fact == "continuation" for q in d.questions) for d in docs]
+    kinds = [d.level == 0 for d in docs]  # real documents have no curriculum level
     D, partners = len(docs), []
     for i in range(D):
         same = [(i + k) % D for k in range(1, D) if kinds[(i + k) % D] == kinds[i]]
@@ -385,159 +319,79 @@ def set_stage(net: Hypernet, bias_stage: bool) -> None:
 
 
 def fit(run: Run) -> None:
-    """Optimise until ``steps`` (or ``stop_at_step``, or the deadline), evaluating and checkpointing."""
+    """Optimise until ``steps`` (or ``stop_at_step``, or the deadline), validating and checkpointing."""
     cfg = run.cfg
     deadline = time.monotonic() + 60 * cfg.max_minutes if cfg.max_minutes else math.inf
     stop = min(cfg.steps, cfg.stop_at_step or cfg.steps)
     if run.step == 0 and cfg.eval_every:
-        run.log(evaluate(run, cfg.eval_docs))
-    window, tick = [], time.perf_counter()
+        evaluate(run, cfg.eval_docs)
+    window, tick, last_ckpt = [], time.perf_counter(), time.monotonic()
     while run.step < stop and time.monotonic() < deadline:
         set_stage(run.net, run.step < cfg.bias_steps)
         for group in run.opt.param_groups:
             group["lr"] = lr_at(cfg, run.step)
         loss, stats = loss_step(run, sample_batch(run, run.step))
+        start = time.perf_counter()
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         trainable = [p for p in run.net.parameters() if p.requires_grad]
         stats["grad_norm"] = nn.utils.clip_grad_norm_(trainable, cfg.grad_clip).item()
         run.opt.step()
+        run.seconds["backward"] = run.seconds.get("backward", 0.0) + time.perf_counter() - start
         run.step += 1
         window.append(stats)
         if run.step % cfg.log_every == 0 or run.step == stop:
-            seconds = (time.perf_counter() - tick) / len(window)
-            run.log(train_record(run, window, seconds))
+            run.log(train_record(run, window, time.perf_counter() - tick))
             window, tick = [], time.perf_counter()
         if cfg.eval_every and run.step % cfg.eval_every == 0:
-            run.log(evaluate(run, cfg.eval_docs))
-        if run.step % cfg.ckpt_every == 0:
+            evaluate(run, cfg.eval_docs)
+        due = cfg.ckpt_minutes is not None and time.monotonic() - last_ckpt >= 60 * cfg.ckpt_minutes
+        if run.step % cfg.ckpt_every == 0 or due:
             save_checkpoint(run)
+            last_ckpt = time.monotonic()
     save_checkpoint(run)
 
 
+def evaluate(run: Run, n_docs: int | None = None, em_docs: int = 0, log: bool = True) -> list[dict[str, Any]]:
+    """Validate on every held-out set (the first ``n_docs`` of each); returns (and logs) the records."""
+    records = []
+    for label, docs in run.heldout.items():
+        with autocast(run):
+            record = validate(run.subject, docs[:n_docs] if n_docs else docs, label, em_docs)
+        record["step"] = run.step
+        if log:
+            run.log(record)
+        records.append(record)
+    return records
+
+
 def train_record(run: Run, window: list[dict[str, float]], seconds: float) -> dict[str, Any]:
+    """Means over the window, seconds per step and per document-step, and where the time went."""
     keys = sorted({k for s in window for k in s})
     means = {k: sum(s[k] for s in window if k in s) / sum(k in s for s in window) for k in keys}
+    per_step = seconds / len(window)
+    phases = {f"sec_{k}": round(v / len(window), 3) for k, v in run.seconds.items()}
+    run.seconds = {}
     return {
         "kind": "train",
         "step": run.step,
         "stage": "bias" if run.step <= run.cfg.bias_steps else "generator",
         "lr": lr_at(run.cfg, run.step - 1),
-        "sec_per_step": round(seconds, 3),
-        "docs_per_s": round(run.cfg.batch_docs / seconds, 3),
+        "sec_per_step": round(per_step, 3),
+        "sec_per_doc_step": round(per_step / run.cfg.batch_docs, 3),
+        **phases,
         "gen_scale_abs": run.net.gen_scale.abs().mean().item(),
         **{k: round(v, 5) for k, v in means.items()},
     }
 
 
-# ---------------------------------------------------------------- evaluation
-
-CONDITIONS = ("base", "bias", "own", "wrong", "in_context")
-
-
-@torch.no_grad()
-def evaluate(run: Run, n_docs: int | None = None, em_docs: int = 0) -> dict[str, Any]:
-    """Held-out answer NLL under the five conditions, gap closed with bootstrap CIs, exact match."""
-    docs = run.heldout[:n_docs] if n_docs else run.heldout
-    n, bs = len(docs), run.cfg.batch_docs
-    parts = [generated_factors(run, docs[i : i + bs]) for i in range(0, n, bs)]
-    A, B = torch.cat([a for a, _ in parts]), torch.cat([b for _, b in parts])
-    nll: dict[str, list[float]] = {c: [] for c in CONDITIONS}
-    by_fact: dict[str, list[float]] = {}
-    for start in range(0, n, bs):
-        block = docs[start : start + bs]
-        per_doc, spec = block_nll(run, block, start, n, A, B)
-        for cond in CONDITIONS:
-            nll[cond] += per_doc[cond]
-        for fact, value in spec:
-            by_fact.setdefault(fact, []).append(value)
-    t = {c: torch.tensor(v, dtype=torch.float64) for c, v in nll.items()}
-    gap = t["base"] - t["in_context"]
-    record: dict[str, Any] = {"kind": "eval", "step": run.step, "docs": n}
-    record |= {f"nll_{c}": round(t[c].mean().item(), 4) for c in CONDITIONS}
-    record["gap_closed"] = bootstrap_ratio(t["base"] - t["own"], gap, run.cfg.seed)
-    record["gap_closed_bias_only"] = round(((t["base"] - t["bias"]).mean() / gap.mean()).item(), 4)
-    record["gap_closed_wrong_doc"] = round(((t["base"] - t["wrong"]).mean() / gap.mean()).item(), 4)
-    record["specificity"] = bootstrap_ratio(t["wrong"] - t["own"], torch.ones(n, dtype=torch.float64), 1)
-    record["specificity_positive"] = round((t["wrong"] > t["own"]).double().mean().item(), 3)
-    record["specificity_by_fact"] = {f: round(sum(v) / len(v), 4) for f, v in sorted(by_fact.items())}
-    if em_docs:
-        record["exact_match"] = exact_match(run, docs[:em_docs], A, B)
-    return record
-
-
-def block_nll(
-    run: Run, block: list[Document], start: int, n: int, A: Tensor, B: Tensor
-) -> tuple[dict[str, list[float]], list[tuple[str, float]]]:
-    """Per-document mean answer NLL of one block under each condition, and per-question wrong - own.
-
-    The block's documents are ``start..`` in an evaluation set of ``n``; the wrong-document adapter
-    of document i is the generated one of document (i + 1) mod n.
-    """
-    model, net, dev = run.base.model, run.net, run.base.device
-    batch = make_batch(run.base.tokenizer, block)
-    own = (batch.doc + start).to(dev)
-    adapters = {
-        "bias": net.batch_adapter(None, None, own),
-        "own": net.batch_adapter(A, B, own),
-        "wrong": net.batch_adapter(A, B, (own + 1) % n),
-    }
-    if any(d.doc_id not in run.base_nll for d in block):
-        adapters["base"] = None  # the base model never changes: scored once per document
-    token_nll = {}
-    for cond, adapter in adapters.items():
-        logp = answer_logprobs(model, batch, adapter).cpu()
-        token_nll[cond] = -logp.gather(1, batch.target[:, None])[:, 0]
-    token_nll["in_context"] = -run.teacher.for_batch(block).gold_logp
-    doc_of_token = batch.doc[batch.seq]
-    per_doc = {c: per_group_mean(v, doc_of_token, len(block)).tolist() for c, v in token_nll.items()}
-    run.base_nll |= dict(zip([d.doc_id for d in block], per_doc.get("base", []), strict=False))
-    per_doc["base"] = [run.base_nll[d.doc_id] for d in block]
-    per_question = {c: per_group_mean(token_nll[c], batch.seq, len(batch.doc)) for c in ("own", "wrong")}
-    facts = [q.fact for d in block for q in d.questions]
-    return per_doc, list(zip(facts, (per_question["wrong"] - per_question["own"]).tolist(), strict=True))
-
-
-def bootstrap_ratio(num: Tensor, den: Tensor, seed: int, n_boot: int = 1000) -> dict[str, float]:
-    """mean(num) / mean(den) with a 95% bootstrap interval over documents."""
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randint(0, len(num), (n_boot, len(num)), generator=gen)
-    ratios = num[idx].mean(1) / den[idx].mean(1)
-    lo, hi = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=ratios.dtype)).tolist()
-    return {
-        "mean": round((num.mean() / den.mean()).item(), 4),
-        "ci_low": round(lo, 4),
-        "ci_high": round(hi, 4),
-    }
-
-
-def exact_match(run: Run, docs: list[Document], A: Tensor, B: Tensor) -> dict[str, float]:
-    """Greedy answers containing the gold answer, under base / own / wrong adapter / in-context.
-
-    Greedy decoding and matching are ``hypernet.evaluate``'s (whole words, punctuation and case ignored).
-    """
-    net, base, hits = run.net, run.base, {"base": 0, "own": 0, "wrong": 0, "in_context": 0}
-    adapters = [net.generate(run.features.encode(d.text)) for d in docs]
-    total = 0
-    for i, d in enumerate(docs):
-        for q in d.questions:
-            question = student_prompt(q.text)
-            answers = {
-                "base": greedy_answer(base, question, None, 16),
-                "own": greedy_answer(base, question, adapters[i], 16),
-                "wrong": greedy_answer(base, question, adapters[(i + 1) % len(docs)], 16),
-                "in_context": greedy_answer(base, question, None, 16, context=d.text),
-            }
-            total += 1
-            for cond, text in answers.items():
-                hits[cond] += answer_matches(text, q.answer)
-    return {c: round(h / max(total, 1), 4) for c, h in hits.items()} | {"questions": total}
-
-
 # ---------------------------------------------------------------- checkpoints
 
 # fields that may change between a run and its resumption without changing what is trained
-_RESUMABLE = {"max_minutes", "stop_at_step", "cache_dir", "log_every", "eval_every", "eval_docs", "em_docs"}
+_RESUMABLE = {
+    "max_minutes", "stop_at_step", "cache_dir", "log_every", "eval_every", "eval_docs", "em_docs",
+    "ckpt_minutes", "ckpt_every", "corpus",
+}  # fmt: skip
 
 
 class TrainError(Exception):
@@ -552,7 +406,10 @@ def save_checkpoint(run: Run) -> Path:
     state = run.opt.state_dict()
     tensors = {f"{i}.{k}": v.contiguous() for i, s in state["state"].items() for k, v in s.items()}
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    meta = {"step": run.step, "config": run.cfg.to_dict(), "param_groups": state["param_groups"]}
+    meta = {
+        "step": run.step, "config": run.cfg.to_dict(), "param_groups": state["param_groups"],
+        "corpus_manifest_sha256": run.corpus_sha256,
+    }  # fmt: skip
     (tmp / "trainer.json").write_text(json.dumps(meta, indent=2) + "\n")
     if final.exists():
         shutil.rmtree(final)
@@ -567,6 +424,10 @@ def load_checkpoint(run: Run, ckpt: Path) -> None:
     changed = sorted(k for k in now.keys() - _RESUMABLE if saved.get(k) != now[k])
     if changed:
         raise TrainError(f"cannot resume from {ckpt}: the config differs in {changed}; use a new --out")
+    if meta.get("corpus_manifest_sha256", "") != run.corpus_sha256:
+        raise TrainError(
+            f"cannot resume from {ckpt}: it was trained on another corpus (manifest sha256 differs)"
+        )
     run.net.load_state_dict(load_hypernet(ckpt, run.base.device).state_dict())
     state: dict[int, dict[str, Tensor]] = {}
     for key, value in load_file(str(ckpt / "optimizer.safetensors")).items():
@@ -600,15 +461,17 @@ def train(cfg: TrainConfig, base: BaseModel, out_dir: Path, log: Log) -> Path:
     start = time.perf_counter()
     run = setup(cfg, base, out_dir, log)
     fit(run)
-    final = evaluate(run, None, cfg.em_docs) | {"kind": "final"}
-    log(final)
+    final = {r["set"]: r for r in evaluate(run, None, cfg.em_docs, log=False)}
+    log({"kind": "final", "sets": final})
     summary = {
         "steps": run.step,
         "minutes_this_session": round((time.perf_counter() - start) / 60, 2),
         "threads": torch.get_num_threads(),
         "device": str(base.device),
         "train_config": cfg.to_dict(),
-        "heldout_eval": final,
+        "corpus_manifest_sha256": run.corpus_sha256,
+        "heldout_eval": final["synthetic"],  # the first set, under the key earlier checkpoints used
+        "heldout_eval_by_set": final,
     }
     save_hypernet(run.net, out_dir / "final", training=summary)
     return out_dir / "final"

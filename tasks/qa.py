@@ -32,8 +32,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from hypernet.base_model import BaseModel as LanguageModel
-from hypernet.evaluate import answer_nll, exact_match, gap_closed, general_texts, greedy_answers, text_nll
 from hypernet.lora import LoraWeights
+from hypernet.metrics import answer_nll, exact_match, gap_closed, general_texts, greedy_answers, text_nll
 from hypernet.probes import QUESTION_PREFIX, Probe, sentence_probes
 from tasks.settings import GatesConfig
 from tasks.sources.base import QA_SUFFIX

@@ -12,7 +12,7 @@ import pytest
 
 from hypernet.cd import distill
 from hypernet.config import CDConfig
-from hypernet.evaluate import answer_nll
+from hypernet.metrics import answer_nll
 from hypernet.probes import Probe, sentence_probes
 from tasks.catalog.models import QAResult
 from tasks.qa import (

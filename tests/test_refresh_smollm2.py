@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from hypernet.adapter import load_adapter
-from hypernet.evaluate import answer_nll
+from hypernet.metrics import answer_nll
 from hypernet.probes import sentence_probes
 from tasks.runtime import forget_runtimes, runtime
 from tests.fixtures.kb import refresh

@@ -19,7 +19,7 @@ from hypernet.corpus import (
     load_corpus,
     prose_paragraphs,
 )
-from hypernet.eval import EvalConfig, run_eval, to_markdown
+from hypernet.generator_eval import EvalConfig, run_eval, to_markdown
 from hypernet.probes import QUESTION_PREFIX, sentence_probes, split_sentences
 from tests.fixtures.hypernet import train_tiny_checkpoint
 

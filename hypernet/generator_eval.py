@@ -26,11 +26,10 @@ import torch
 from hypernet.base_model import BaseModel
 from hypernet.corpus import corpus_document, load_corpus
 from hypernet.data import DataConfig, Document, make_split, student_prompt
-from hypernet.evaluate import answer_nll, bootstrap_ci, exact_match, greedy_answer
 from hypernet.generators import HypernetGenerator, make_generator
 from hypernet.lora import LoraWeights
+from hypernet.metrics import answer_nll, bootstrap_ci, bootstrap_ratio, exact_match, greedy_answer
 from hypernet.probes import Probe
-from hypernet.train import bootstrap_ratio
 
 Log = Callable[[dict[str, Any]], None]
 CONDITIONS = ("base", "bias", "own", "wrong", "in_context")

@@ -1,4 +1,7 @@
-"""How well an adapter carries a document: answer NLL, plain-text NLL, greedy answers and their statistics.
+"""The metrics of every evaluation: answer and text NLL, greedy exact match, gap closed, bootstrap CIs.
+
+Training (``hypernet.train``), the generator comparison (``hypernet.generator_eval``) and the QA gates
+(``tasks``) all measure through these functions, so a number means the same thing everywhere.
 
 Every measurement runs the frozen base model with an adapter applied through ``hypernet.lora.applied``
 (``None`` = the base alone) and without gradients. Prompts are built as in ``hypernet.cd``: the question
@@ -19,19 +22,21 @@ import torch
 import torch.nn.functional as F
 
 from hypernet.base_model import BaseModel, chat_ids
-from hypernet.cd import _pad_id, _teacher_logprobs
+from hypernet.batching import pad_id, shared_prefix_logprobs
 from hypernet.lora import LoraWeights, applied
 from hypernet.probes import Probe
 
 __all__ = [
     "answer_nll",
     "bootstrap_ci",
+    "bootstrap_ratio",
     "exact_match",
     "gap_closed",
     "general_texts",
     "greedy_answer",
     "greedy_answers",
     "normalise_answer",
+    "per_group_mean",
     "text_nll",
 ]
 
@@ -51,7 +56,7 @@ def answer_nll(
         weights: the adapter to apply, or None for the base model alone.
         context: the document, put in the user turn before each question (as the CD teacher sees it).
     """
-    tok, pad = base.tokenizer, _pad_id(base.tokenizer)
+    tok, pad = base.tokenizer, pad_id(base.tokenizer)
     out: list[float] = []
     with applied(base.model, _on_device(weights, base.device)):
         for start in range(0, len(probes), PROBE_BATCH):
@@ -61,7 +66,7 @@ def answer_nll(
             if empty:
                 raise ValueError(f"probe {empty[0]!r} has an empty answer: nothing to score")
             # Shares one forward pass over the common prompt prefix (the document) across the chunk.
-            logp = _teacher_logprobs(base.model, seqs, pad)  # [answer tokens, V], probe-major
+            logp = shared_prefix_logprobs(base.model, seqs, pad)  # [answer tokens, V], probe-major
             gold = torch.tensor([t for _, answer in seqs for t in answer], device=logp.device)
             token_nll = -logp.gather(-1, gold[:, None]).squeeze(-1)
             out += [part.mean().item() for part in token_nll.split([len(a) for _, a in seqs])]
@@ -92,7 +97,7 @@ def text_nll(
     with applied(base.model, _on_device(weights, base.device)):
         for start in range(0, len(windows), PROBE_BATCH):
             batch = windows[start : start + PROBE_BATCH]
-            ids, mask = _pad_windows(batch, _pad_id(tok))
+            ids, mask = _pad_windows(batch, pad_id(tok))
             ids, mask = ids.to(base.device), mask.to(base.device)
             logits = base.model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1]
             labels = ids[:, 1:].masked_fill(mask[:, 1:] == 0, -100)
@@ -123,7 +128,7 @@ def greedy_answers(
     """Greedy answers to several questions in one batched ``generate`` (prompts padded on the left)."""
     if not questions:
         return []
-    tok, pad = base.tokenizer, _pad_id(base.tokenizer)
+    tok, pad = base.tokenizer, pad_id(base.tokenizer)
     prompts = [chat_ids(tok, _user_turn(q, context))[0] for q in questions]
     width = max(len(p) for p in prompts)
     ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=base.device)
@@ -181,6 +186,27 @@ def bootstrap_ci(
     tail = (1 - level) / 2
     lo, hi = torch.quantile(means, torch.tensor([tail, 1 - tail], dtype=torch.float64)).tolist()
     return lo, hi
+
+
+def bootstrap_ratio(num: torch.Tensor, den: torch.Tensor, seed: int, n_boot: int = 1000) -> dict[str, float]:
+    """mean(num) / mean(den) with a 95% percentile bootstrap interval, resampling documents."""
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randint(0, len(num), (n_boot, len(num)), generator=gen)
+    ratios = num[idx].mean(1) / den[idx].mean(1)
+    lo, hi = torch.quantile(ratios, torch.tensor([0.025, 0.975], dtype=ratios.dtype)).tolist()
+    return {
+        "mean": round((num.mean() / den.mean()).item(), 4),
+        "ci_low": round(lo, 4),
+        "ci_high": round(hi, 4),
+    }
+
+
+def per_group_mean(values: torch.Tensor, group: torch.Tensor, n: int) -> torch.Tensor:
+    """Mean of ``values`` [M] within each of ``n`` groups (``group`` [M] holds each value's group)."""
+    zeros = torch.zeros(n, dtype=values.dtype, device=values.device)
+    sums = zeros.index_add(0, group, values)
+    counts = zeros.index_add(0, group, torch.ones_like(values))
+    return sums / counts.clamp(min=1)
 
 
 @cache

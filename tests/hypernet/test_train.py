@@ -11,17 +11,10 @@ import torch
 from hypernet.data import DataConfig, make_split
 from hypernet.features import FeatureEncoder, pad_features
 from hypernet.model import load_hypernet
-from hypernet.train import (
-    CONDITIONS,
-    TrainConfig,
-    TrainError,
-    answer_logprobs,
-    lr_at,
-    make_batch,
-    parse_args,
-    per_group_mean,
-    train,
-)
+from hypernet.metrics import per_group_mean
+from hypernet.teacher import answer_logprobs, make_batch
+from hypernet.train import TrainConfig, TrainError, lr_at, parse_args, sample_batch, setup, train
+from hypernet.validate import CONDITIONS
 
 NET = {"d": 32, "n_latents": 4, "n_blocks": 1, "rank": 4, "bias_rank": 4}
 
@@ -65,7 +58,7 @@ def test_training_lowers_the_answer_loss_on_training_documents(tiny_base, tmp_pa
     assert after < before - 0.5, (before, after)
     kinds = [r["kind"] for r in records]
     assert kinds.count("train") == 40 and kinds.count("eval") == 3 and kinds[-1] == "final"
-    final_record = records[-1]
+    final_record = records[-1]["sets"]["synthetic"]
     assert {f"nll_{c}" for c in CONDITIONS} <= final_record.keys()
     assert {"mean", "ci_low", "ci_high"} == final_record["gap_closed"].keys()
     assert set(final_record["exact_match"]) == {"base", "own", "wrong", "in_context", "questions"}
@@ -90,6 +83,7 @@ def test_resuming_from_a_checkpoint_replays_the_identical_run(tiny_base, tmp_pat
     second: list[dict] = []
     final = train(cfg, tiny_base, tmp_path / "split", second.append)
     assert second[0] == {"kind": "resume", "step": 5, "from": str(ckpt), "time": second[0]["time"]}
+    assert [r["kind"] for r in second[:2]] == ["resume", "data"]
     losses = {r["step"]: r["loss"] for r in straight if r["kind"] == "train"}
     resumed = {r["step"]: r["loss"] for r in second if r["kind"] == "train"}
     assert sorted(resumed) == [6, 7, 8]
@@ -117,3 +111,65 @@ def test_command_line_options_reach_nested_config_fields(tmp_path: Path):
     args, cfg = parse_args([*argv, "--set", "data.n_train=80", "--set", "w_shared=0"])
     assert args.out == tmp_path and cfg.max_minutes == 2.5 and cfg.steps == 50
     assert cfg.data.n_train == 80 and cfg.w_shared == 0
+
+
+REAL_TEXTS = [
+    "The archive server of Quillmoor listens on port 7431 and keeps 12 copies. It was released in 2019 by "
+    "the Varnholt Group. The option --keep-days sets how long snapshots stay; the default is 45 days.",
+    "Brisket mode is a replication scheme in which the primary ships pages to Tolvern nodes every 90 "
+    "seconds. The setting max_page_lag limits the delay. Version 4.2 added the Ostrava scheduler.",
+    "The lantern protocol was introduced in 2011 by Mireille Okonkwo. Each frame carries 64 bytes of "
+    "header and the function send_frame() retries 3 times before the link is marked as down.",
+    "Harbour tickets expire after 18 months. The Kestrel Desk answers requests within 4 hours, and the "
+    "form HT-7 is required for claims above 2,500 euros since March 2022.",
+]
+
+
+def write_corpus(root: Path, texts: list[str], heldout: int = 2) -> Path:
+    """A package corpus in the format of ``instill corpus build`` (documents.jsonl + manifest.json)."""
+    root.mkdir(parents=True, exist_ok=True)
+    rows = [
+        {"doc_id": f"pkg{i % 2}:f{i}.html#0", "package": "held" if i < heldout else "pkg",
+         "source_file": f"f{i}.html", "title": "", "text": t, "n_tokens": len(t.split()),
+         "split": "heldout" if i < heldout else "train"}
+        for i, t in enumerate(texts)
+    ]  # fmt: skip
+    (root / "documents.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "manifest.json").write_text(json.dumps({"format": 1, "documents": len(rows)}))
+    return root
+
+
+def test_real_documents_from_the_corpus_are_mixed_into_batches_and_validated(tiny_base, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", REAL_TEXTS + REAL_TEXTS[2:], heldout=2)
+    cfg = _cfg(steps=6, bias_steps=2, corpus=str(corpus), real_docs=4, real_heldout=2, eval_every=3,
+               eval_docs=4, net=NET | {"chunk_tokens": 32}, max_chunks=4)  # fmt: skip
+    records: list[dict] = []
+    final = train(cfg, tiny_base, tmp_path / "run", records.append)
+    sets = {r["set"] for r in records if r["kind"] == "eval"}
+    assert sets == {"synthetic", "real"}
+    real_eval = records[-1]["sets"]["real"]
+    assert real_eval["docs"] == 2 and set(real_eval["specificity_by_type"]) - {"continuation"}
+    summary = json.loads((final / "hypernet.json").read_text())["training"]
+    assert summary["corpus_manifest_sha256"] and summary["heldout_eval_by_set"]["real"]["docs"] == 2
+    train_records = [r for r in records if r["kind"] == "train"]
+    assert all(r["sec_per_doc_step"] > 0 and "sec_teacher" in r for r in train_records)
+
+
+def test_batches_hold_the_configured_share_of_real_documents(tiny_base, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", REAL_TEXTS * 2, heldout=2)
+    cfg = _cfg(corpus=str(corpus), real_docs=6, real_heldout=2, real_fraction=0.5, max_chunks=8)
+    run = setup(cfg, tiny_base, tmp_path / "run", lambda r: None)
+    batch = sample_batch(run, 7)
+    assert sum(d.level == 0 for d in batch) == 2 and len(batch) == 4
+    assert all(any(q.fact != "continuation" for q in d.questions) for d in run.real)
+    assert sample_batch(run, 7) == batch  # a pure function of (seed, step)
+
+
+def test_resuming_on_another_corpus_is_refused(tiny_base, tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", REAL_TEXTS, heldout=1)
+    cfg = _cfg(steps=4, bias_steps=1, corpus=str(corpus), real_docs=2, real_heldout=1, max_chunks=8)
+    train(TrainConfig(**(cfg.to_dict() | {"stop_at_step": 2})), tiny_base, tmp_path / "run", lambda r: None)
+    write_corpus(tmp_path / "corpus", list(reversed(REAL_TEXTS)), heldout=1)
+    (tmp_path / "corpus" / "manifest.json").write_text(json.dumps({"format": 1, "changed": True}))
+    with pytest.raises(TrainError, match="another corpus"):
+        train(cfg, tiny_base, tmp_path / "run", lambda r: None)

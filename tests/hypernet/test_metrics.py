@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from hypernet.base_model import chat_ids
-from hypernet.evaluate import (
+from hypernet.lora import applied
+from hypernet.metrics import (
     PROBE_BATCH,
     answer_nll,
     bootstrap_ci,
@@ -21,7 +22,6 @@ from hypernet.evaluate import (
     normalise_answer,
     text_nll,
 )
-from hypernet.lora import applied
 from hypernet.probes import Probe, sentence_probes
 from tests.fixtures.qa import DOC_A, DOC_B, answer_adapter, zero_adapter
 
