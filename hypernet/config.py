@@ -10,7 +10,7 @@ from typing import Any
 class CDConfig:
     """Per-document context distillation (see ``hypernet.cd``).
 
-    Defaults follow the CPU baseline of research/proto.md: r=8, alpha 16 on ``down_proj``,
+    Defaults follow the CPU baseline in docs/hypernet-design.md: r=8, alpha 16 on ``down_proj``,
     AdamW lr 3e-3, 30 steps, KL(teacher || student) on the answer tokens of the document's own probes.
     """
 

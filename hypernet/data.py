@@ -5,7 +5,7 @@ birth city, profession, employer, home city, a patent count, a hobby), interleav
 sentences that carry no fact. Every fact has a question whose gold answer appears verbatim in the
 document, so the in-context teacher can copy it and a generated adapter has to store it.
 
-Held-out documents use entities AND values never seen in training (research/proto.md): names, cities
+Held-out documents use entities AND values never seen in training (docs/hypernet-design.md): names, cities
 and employers are assigned to a split by a stable hash of the string, years and counts by value mod 4,
 professions and hobbies by disjoint lists. A network that merely memorises training values therefore
 cannot score on held-out answers.

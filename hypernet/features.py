@@ -3,7 +3,7 @@
 The frozen base model reads the document as a chat user turn; the input of every decoder layer (the
 residual stream before layer i, ``hidden_states[i]`` for i < L) is kept and LayerNorm'd per token
 without affine parameters. The norm matters: residual norms range from ~3 to ~600 across SmolLM2's
-layers (research/proto.md), and normalised values are safe in fp16.
+layers (docs/hypernet-design.md), and normalised values are safe in fp16.
 
 Long documents are split into chunks of ``chunk_tokens`` content tokens, each encoded as its own user
 turn (D2L's ``combine_lora`` semantics: one LoRA per chunk). Features are cached in fp16, in memory and

@@ -12,6 +12,13 @@ model with the document in context. Gap closed = mean(base - x) / mean(base - in
 documents, with a bootstrap 95% interval; exact match of greedy answers. Then every generator
 (``hypernet``, ``cd``, ``hypernet+cd``) on the same few documents, side by side, with wall time per
 document. Results are a JSON-able dict (``run_eval``) and a markdown table (``to_markdown``).
+
+With ``EvalConfig.corpus`` (a package corpus built by ``instill corpus build``), a third section,
+``real_corpus``: held-out real documents by length (1, 2, 4 chunks) and by probe span type, gap closed
+for own / wrong-document / bias-only adapters with CIs, multiple-choice accuracy, exact match, QA gate
+pass rates (``run_eval(..., gate=...)``) and the generator variants side by side (``hypernet.eval_real``).
+
+Reproduce without the CLI: ``python -m hypernet.generator_eval --help``.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 
 import torch
 
+from hypernet import eval_real
 from hypernet.base_model import BaseModel
 from hypernet.corpus import corpus_document, load_corpus
 from hypernet.data import DataConfig, Document, make_split, student_prompt
@@ -34,6 +42,7 @@ from hypernet.probes import Probe
 Log = Callable[[dict[str, Any]], None]
 CONDITIONS = ("base", "bias", "own", "wrong", "in_context")
 GENERATORS = ("hypernet", "cd", "hypernet+cd")
+REAL_GENERATORS = ("hypernet", "cd:5", "cd:10", "cd:20", "hypernet+cd:2", "hypernet+cd:5")
 
 
 @dataclass(frozen=True)
@@ -54,15 +63,27 @@ class EvalConfig:
     real_probes: int = 6
     max_new_tokens: int = 16
     seed: int = 0  # bootstrap
+    # The held-out package corpus (``instill corpus build``); None = no real_corpus section.
+    corpus: str | None = None
+    real_buckets: tuple[int, ...] = (1, 2, 4)  # document lengths, in chunks of the network
+    real_bucket_docs: int = 8  # documents per length
+    real_knowledge_probes: int = 6
+    real_continuation_probes: int = 2
+    real_em: bool = True  # greedy exact match on the knowledge probes (a batched generate per condition)
+    # Variants compared on the first ``real_generator_docs`` documents of every length: NAME[:STEPS].
+    real_generators: tuple[str, ...] = REAL_GENERATORS
 
     def __post_init__(self) -> None:
         counts = (self.synthetic_docs, self.real_docs, self.em_docs, self.real_em_docs)
-        counts += (self.generator_docs, self.real_generator_docs)
-        if min(counts) < 0 or self.synthetic_docs < 2:
-            raise ValueError(f"EvalConfig: need synthetic_docs >= 2 and no negative counts: {self}")
+        counts += (self.generator_docs, self.real_generator_docs, self.real_bucket_docs)
+        if min(counts) < 0 or self.synthetic_docs == 1:
+            raise ValueError(f"EvalConfig: need synthetic_docs 0 or >= 2 and no negative counts: {self}")
         unknown = sorted(set(self.generators) - set(GENERATORS))
+        unknown += sorted({eval_real.parse_variant(v)[0] for v in self.real_generators} - set(GENERATORS))
         if unknown:
             raise ValueError(f"EvalConfig: unknown generator(s) {unknown}; known: {list(GENERATORS)}")
+        if not self.real_buckets or min(self.real_buckets) < 1:
+            raise ValueError(f"EvalConfig: real_buckets must be chunk counts >= 1: {self.real_buckets}")
 
 
 def synthetic_heldout(cfg: EvalConfig) -> list[Document]:
@@ -212,16 +233,24 @@ def _options(name: str, cfg: EvalConfig) -> dict[str, Any]:
     return options
 
 
-def run_eval(base: BaseModel, cfg: EvalConfig, log: Log = lambda record: None) -> dict[str, Any]:
-    """The full measurement: ``{"synthetic", "real", "generators", ...}`` (see the module docstring)."""
+def run_eval(
+    base: BaseModel, cfg: EvalConfig, log: Log = lambda record: None, gate: eval_real.Gate | None = None
+) -> dict[str, Any]:
+    """The full measurement: ``{"synthetic", "real", "generators", "real_corpus", ...}`` (module docstring).
+
+    ``gate(base, adapter, document, other_document_text)`` -> bool, or a dict like
+    ``tasks.qa.GateReport.to_dict()``: when given, the real_corpus section reports gate pass rates.
+    """
     start = time.perf_counter()
     gen = make_generator("hypernet", base, _options("hypernet", cfg))
     if not isinstance(gen, HypernetGenerator):
         raise TypeError(f"generator 'hypernet' is registered as {type(gen).__name__}, not HypernetGenerator")
-    synthetic = synthetic_heldout(cfg)
-    log({"kind": "eval-section", "section": "synthetic", "docs": len(synthetic)})
-    result: dict[str, Any] = {"synthetic": section(gen, synthetic, cfg.em_docs, cfg, log)}
-    real = real_heldout(cfg)
+    synthetic = synthetic_heldout(cfg) if cfg.synthetic_docs else []
+    result: dict[str, Any] = {}
+    if synthetic:
+        log({"kind": "eval-section", "section": "synthetic", "docs": len(synthetic)})
+        result["synthetic"] = section(gen, synthetic, cfg.em_docs, cfg, log)
+    real = real_heldout(cfg) if cfg.real_docs else []
     if len(real) >= 2:
         log({"kind": "eval-section", "section": "real", "docs": len(real)})
         result["real"] = section(gen, real, cfg.real_em_docs, cfg, log)
@@ -235,13 +264,23 @@ def run_eval(base: BaseModel, cfg: EvalConfig, log: Log = lambda record: None) -
             for g in cfg.generators
         }
         result["generator_docs"] = {name: len(docs) for name, docs in sets.items()} | {"flat": first}
+    if cfg.corpus:
+        result["real_corpus"] = eval_real.real_section(
+            gen, cfg.corpus, cfg, log, gate, lambda name: _options(name, cfg)
+        )
     result["meta"] = {
         "base_model_id": base.model_id,
         "base_model_sha256": base.weights_sha256,
         "checkpoint_sha256": gen.checkpoint_sha256,
         "device": str(base.device),
         "threads": torch.get_num_threads(),
-        "config": asdict(cfg) | {"generators": list(cfg.generators)},
+        "config": asdict(cfg)
+        | {
+            "generators": list(cfg.generators),
+            "real_buckets": list(cfg.real_buckets),
+            "real_generators": list(cfg.real_generators),
+            "gate": gate is not None,
+        },
         "minutes": round((time.perf_counter() - start) / 60, 2),
     }
     return result
@@ -299,4 +338,69 @@ def to_markdown(result: dict[str, Any]) -> str:
                     f"{row['gap_closed_wrong_doc']:.3f} | {em} | {row['seconds_per_doc']:.2f} |"
                 )
         lines.append("")
+    if "real_corpus" in result:
+        lines.append(eval_real.to_markdown(result["real_corpus"]))
     return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Any, EvalConfig]:
+    """``python -m hypernet.generator_eval``: the same measurement as ``instill eval``, without gates."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m hypernet.generator_eval", description=__doc__.splitlines()[0])
+    p.add_argument("--json", required=True, help="write the results here (the markdown beside it, .md)")
+    p.add_argument("--base", default="smollm2-135m-instruct", help="base model alias or HF folder")
+    p.add_argument("--models-dir", default=".instill/models", help="the base-model cache")
+    p.add_argument("--checkpoint", default=None, help="hypernetwork folder (default: the shipped one)")
+    p.add_argument("--corpus", default=None, help="package corpus folder (documents.jsonl, manifest.json)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--synthetic-docs", type=int, default=48)
+    p.add_argument("--real-docs", type=int, default=24, help="python-docs held-out documents (0 = none)")
+    p.add_argument("--generators", default=",".join(GENERATORS), help="the synthetic/python-docs comparison")
+    p.add_argument("--generator-docs", type=int, default=4)
+    p.add_argument("--real-generator-docs", type=int, default=2, help="per length in the corpus comparison")
+    p.add_argument("--real-bucket-docs", type=int, default=8, help="corpus documents per length")
+    p.add_argument("--real-buckets", default="1,2,4", help="document lengths in chunks")
+    p.add_argument("--real-generators", default=",".join(REAL_GENERATORS), help="NAME[:STEPS],...")
+    p.add_argument("--no-real-em", action="store_true", help="skip greedy exact match on the corpus")
+    args = p.parse_args(argv)
+    split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
+    cfg = EvalConfig(
+        synthetic_docs=args.synthetic_docs,
+        real_docs=args.real_docs,
+        generators=split(args.generators),
+        generator_docs=args.generator_docs,
+        real_generator_docs=args.real_generator_docs,
+        checkpoint=args.checkpoint,
+        corpus=args.corpus,
+        real_bucket_docs=args.real_bucket_docs,
+        real_buckets=tuple(int(k) for k in split(args.real_buckets)),
+        real_generators=split(args.real_generators),
+        real_em=not args.no_real_em,
+    )
+    return args, cfg
+
+
+def main(argv: list[str] | None = None, gate: eval_real.Gate | None = None) -> dict[str, Any]:
+    """Run ``instill eval`` from the command line (``gate``: for callers that have the QA gates)."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from hypernet.base_model import load_base_model
+
+    args, cfg = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    base = load_base_model(args.base, Path(args.models_dir), device=args.device)
+    result = run_eval(base, cfg, lambda r: print(json.dumps(r), file=sys.stderr, flush=True), gate)
+    result["meta"]["command"] = "python -m hypernet.generator_eval " + " ".join(argv or sys.argv[1:])
+    out = Path(args.json)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(to_markdown(result))
+    return result
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

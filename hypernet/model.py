@@ -1,6 +1,6 @@
 """The Doc-to-LoRA hypernetwork: document activations in, a document-specific LoRA out.
 
-After Sakana AI's doc-to-lora (research/hypernet.md §1), scaled down for SmolLM2-135M:
+After Sakana AI's doc-to-lora (docs/hypernet-design.md), scaled down for SmolLM2-135M:
 
     features [L, T, H]  (per-layer residual-stream inputs, LayerNorm'd per token: hypernet.features)
       -> Linear H->d + learned layer embedding
@@ -13,7 +13,7 @@ After Sakana AI's doc-to-lora (research/hypernet.md §1), scaled down for SmolLM
 A learned, document-independent bias LoRA (its own rank) is concatenated along rank. Long documents
 are chunked: one generated LoRA per chunk, concatenated along rank, the bias added once.
 
-Keeping constant structure out of the generated path (research/proto.md, proto2.md). A plain version
+Keeping constant structure out of the generated path (docs/hypernet-design.md). A plain version
 collapsed to one constant adapter (own = wrong-document NLL); centring A and B separately killed the
 generated path, and the product of centred factors was not centred anyway; only a contrastive margin
 between the own and a shuffled document's adapter gave specificity. This implementation therefore:
@@ -151,7 +151,7 @@ class Hypernet(nn.Module):
 
     Head weights are stored at unit scale and multiplied by 1/sqrt(fan_out) in the forward pass, so
     A's rows and B's columns start near unit norm while Adam's steps stay small relative to the
-    weights (research/proto.md). The bias LoRA uses the same convention; its B starts at zero.
+    weights (docs/hypernet-design.md). The bias LoRA uses the same convention; its B starts at zero.
     """
 
     def __init__(self, cfg: HypernetConfig):
