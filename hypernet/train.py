@@ -96,6 +96,7 @@ class TrainConfig:
     max_chunks: int = 2  # real training documents longer than this many chunks are left out
     n_knowledge: int = 6  # span probes per real document
     n_continuation: int = 2  # continuation probes per real document
+    probes_per_doc: int = 0  # questions trained per document per step (a seeded subset; 0 = all)
     init_from: str | None = None  # a checkpoint dir whose network weights start this run
     amp: bool = True  # bf16 autocast on CUDA (ignored on CPU)
 
@@ -248,11 +249,32 @@ def timed(run: Run, phase: str, fn: Callable[[], Any]) -> Any:
     return out
 
 
+def probe_picks(run: Run, docs: list[Document]) -> list[list[int]]:
+    """Which questions of each document this step trains on: all, or a seeded ``probes_per_doc`` subset.
+
+    The student pass costs per question while the document's features and teacher cost once, so a
+    few questions per visit buy more documents per second.
+    """
+    k = run.cfg.probes_per_doc
+    rng = random.Random(f"{run.cfg.seed}:probes:{run.step}")
+    return [
+        sorted(rng.sample(range(len(d.questions)), k))
+        if 0 < k < len(d.questions)
+        else list(range(len(d.questions)))
+        for d in docs
+    ]
+
+
 def loss_step(run: Run, docs: list[Document]) -> tuple[Tensor, dict[str, float]]:
     """The loss of one batch; stage 1 (bias only) skips the generated path and the margin."""
     cfg, model = run.cfg, run.base.model
-    batch = make_batch(run.base.tokenizer, docs)
-    teacher = timed(run, "teacher", lambda: run.teacher.for_batch(docs))
+    picks = probe_picks(run, docs)
+    asked = [
+        dataclasses.replace(d, questions=tuple(d.questions[j] for j in p))
+        for d, p in zip(docs, picks, strict=True)
+    ]
+    batch = make_batch(run.base.tokenizer, asked)
+    teacher = timed(run, "teacher", lambda: run.teacher.for_batch(docs, picks))
     chunks = timed(run, "features", lambda: [run.features.encode(d.text) for d in docs])
     dev = run.base.device
     D, M = len(docs), batch.target.shape[0]
