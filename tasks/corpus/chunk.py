@@ -76,18 +76,32 @@ def chunk_page(
     for title, blocks in sections:
         pieces.extend(_pack(title, _fit_blocks(blocks, count_tokens, budget, skipped), budget))
     pieces = _merge_short(pieces, config.min_tokens, budget)
-    chunks = []
+    chunks: list[Chunk] = []
     for piece in pieces:
         reason = _reject(piece, config)
         if reason is None:
-            chunk_text = "\n\n".join(piece.blocks)
-            n_tokens = count_tokens(chunk_text)
-            if config.min_tokens <= n_tokens <= config.max_tokens:
-                chunks.append(Chunk(piece.title, chunk_text, n_tokens))
-                continue
-            reason = "too_short" if n_tokens < config.min_tokens else "too_long"
-        skipped[reason] += 1
+            reason = _measured(piece, count_tokens, config, chunks)
+        if reason is not None:
+            skipped[reason] += 1
     return chunks
+
+
+def _measured(piece: _Piece, count_tokens: CountTokens, config: ChunkConfig, out: list[Chunk]) -> str | None:
+    """Count the piece's exact tokens; keep it (halved at a block boundary when the estimate was
+    short of the truth, which happens where joined blocks tokenize differently) or say why not."""
+    text = "\n\n".join(piece.blocks)
+    n_tokens = count_tokens(text)
+    if config.min_tokens <= n_tokens <= config.max_tokens:
+        out.append(Chunk(piece.title, text, n_tokens))
+        return None
+    if n_tokens > config.max_tokens and len(piece.blocks) > 1:
+        half = len(piece.blocks) // 2
+        reasons = [
+            _measured(_Piece(piece.title, blocks, 0), count_tokens, config, out)
+            for blocks in (piece.blocks[:half], piece.blocks[half:])
+        ]
+        return next((r for r in reasons if r is not None), None)
+    return "too_short" if n_tokens < config.min_tokens else "too_long"
 
 
 # --- blocks and sections -------------------------------------------------------------------------
@@ -99,7 +113,7 @@ _NAV_WORDS = frozenset(
         "table of contents this page show source report a bug quick search python logo",
     )
 )
-_SECTION_NUMBER = re.compile(r"^(?:[A-Z]|[IVXLC]+|\d+)(?:\.\d+)*\.?\s+\S")
+_SECTION_NUMBER = re.compile(r"^(?:[A-Z]|[IVXLC]+|\d+)(?:\.\d+)*\.\s+\S")  # "9.3.6. ", "F.1. "
 _TOC_ENTRY = re.compile(r"(?:^|\s)(?:[A-Z]|\d+)(?:\.\d+)+\.?\s+[A-Z]")
 _SENTENCE_END = (".", ",", ";", ":", "!", "?")
 
@@ -162,9 +176,13 @@ def _heading(block: str) -> str | None:
         return None
     pilcrow = block.rstrip().endswith("¶")
     text = block.rstrip("¶ ").strip()
-    if not text or text.endswith(_SENTENCE_END) or len(text.split()) > 16:
+    if not text or len(text.split()) > 16:
         return None
-    if pilcrow or _SECTION_NUMBER.match(text):
+    if pilcrow:  # Sphinx marks every heading and API entry, FAQ questions included ("...?¶")
+        return text
+    if text.endswith(_SENTENCE_END):
+        return None
+    if _SECTION_NUMBER.match(text):
         return text
     long_words = [w for w in text.split() if len(w) >= 4 and w[0].isalpha()]
     if (

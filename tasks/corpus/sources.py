@@ -52,8 +52,8 @@ DEFAULT_PACKAGES: tuple[PackageSpec, ...] = (
         "python3.11-doc",
         "train",
         ("usr/share/doc/python3.11/html/**/*.html",),
-        # contents.html is the whole table of contents (2.5 MB); changelog is a list of bug numbers.
-        (*_NOISE, "*/html/index.html", "*/html/contents.html", "*/whatsnew/changelog.html"),
+        # index.html pages and contents.html (2.5 MB) are tables of contents; changelog lists bug numbers.
+        (*_NOISE, "*/index.html", "*/html/contents.html", "*/whatsnew/changelog.html"),
         licence="PSF-2.0",
     ),
     PackageSpec("git-doc", "train", ("usr/share/doc/git-doc/**/*.html",), ("*/index.html",)),
