@@ -81,7 +81,7 @@ def select_documents(
     count: Callable[[str], int],
     chunk_tokens: int,
     buckets: Sequence[int],
-    per_bucket: int,
+    per_bucket: int | Sequence[int],
     n_knowledge: int = 6,
     n_continuation: int = 2,
     min_knowledge: int = 2,
@@ -114,7 +114,7 @@ def select_documents(
                 if d.doc_id in used or total > hi:
                     break
                 run.append(d)
-                total += n_tokens(d) + (2 if len(run) > 1 else 0)
+                total += n_tokens(d)
                 if total >= lo:
                     break
             if run and lo <= total <= hi:
@@ -126,14 +126,17 @@ def select_documents(
                     continue
             i += 1
 
+    counts = [per_bucket] * len(buckets) if isinstance(per_bucket, int) else list(per_bucket)
+    if len(counts) != len(buckets):
+        raise ValueError(f"select_documents: {len(counts)} document counts for {len(buckets)} lengths")
     out: dict[int, list[RealDoc]] = {}
-    for k in sorted(buckets):
+    for k, wanted in sorted(zip(buckets, counts, strict=True)):
         streams = [candidates(docs, k) for _, docs in sorted(by_package.items())]
         chosen: list[RealDoc] = []
-        while streams and len(chosen) < per_bucket:
+        while streams and len(chosen) < wanted:
             alive = []
             for stream in streams:
-                if len(chosen) >= per_bucket:
+                if len(chosen) >= wanted:
                     break
                 for run, text, exact in stream:
                     if any(d.doc_id in used for d in run):
@@ -227,6 +230,7 @@ def measure(
     cfg_em: int | None,
     gate: Gate | None = None,
     other_text: str = "",
+    em_conditions: Sequence[str] = CONDITIONS,
 ) -> dict[str, Any]:
     """One document's record: per probe its kind and, per condition, NLL, MC and EM; the gate verdict.
 
@@ -237,7 +241,8 @@ def measure(
     for cond, weights in adapters.items():
         context = cond == "in_context"
         gold, correct = score(base, d.doc, choices, weights, context)
-        hits = greedy_hits(base, d.doc, weights, cfg_em, context) if cfg_em else [None] * len(probes)
+        greedy = cfg_em and cond in em_conditions
+        hits = greedy_hits(base, d.doc, weights, cfg_em, context) if greedy else [None] * len(probes)
         for p, g, c, h in zip(probes, gold, correct, hits, strict=True):
             p["nll"][cond] = round(g, 4)
             if c is not None:
@@ -377,8 +382,11 @@ def real_section(
         nxt = _next_same_length(docs, i)
         adapters = {"base": None, "bias": bias, "own": own[d.doc.doc_id], "wrong": own[nxt.doc.doc_id],
                     "in_context": None}  # fmt: skip
-        em = cfg.max_new_tokens if cfg.real_em else None
-        record = measure(base, d, choices[d.doc.doc_id], adapters, em, gate, nxt.doc.text)
+        em = cfg.max_new_tokens if cfg.real_em_conditions else None
+        main_gate = gate if cfg.real_gate_all else None
+        record = measure(
+            base, d, choices[d.doc.doc_id], adapters, em, main_gate, nxt.doc.text, cfg.real_em_conditions
+        )
         records.append(record | {"seconds": round(seconds[d.doc.doc_id], 4)})
         if (i + 1) % 4 == 0 or i + 1 == len(docs):
             log({"kind": "eval-progress", "section": "real_corpus", "docs": i + 1, "of": len(docs)})
@@ -400,13 +408,14 @@ def real_section(
     }
     variants = [v for v in cfg.real_generators]
     if variants and cfg.real_generator_docs >= 2:
-        subset = [d for k in buckets for d in [x for x in docs if x.chunks == k][: cfg.real_generator_docs]]
+        short = [k for k in buckets if k <= cfg.real_generator_max_chunks]
+        subset = [d for k in short for d in [x for x in docs if x.chunks == k][: cfg.real_generator_docs]]
         ref = {r["doc_id"]: r for r in records}
         out["generators"] = {
             spec: compare(gen, spec, subset, choices, ref, own, seconds, cfg, log, gate, options)
             for spec in variants
         }
-        out["generator_docs"] = {str(k): sum(d.chunks == k for d in subset) for k in buckets}
+        out["generator_docs"] = {str(k): sum(d.chunks == k for d in subset) for k in short}
     out["per_doc"] = records
     out["minutes"] = round((time.perf_counter() - start) / 60, 2)
     return out
@@ -442,8 +451,8 @@ def compare(
     for i, d in enumerate(docs):
         nxt = _next_same_length(docs, i)
         conds = {"own": adapters[d.doc.doc_id], "wrong": adapters[nxt.doc.doc_id]}
-        em = cfg.max_new_tokens if cfg.real_em else None
-        rec = measure(gen.base, d, choices[d.doc.doc_id], conds, em, gate, nxt.doc.text)
+        em = cfg.max_new_tokens if "own" in cfg.real_em_conditions else None
+        rec = measure(gen.base, d, choices[d.doc.doc_id], conds, em, gate, nxt.doc.text, ("own",))
         for p, p_ref in zip(rec["probes"], ref[d.doc.doc_id]["probes"], strict=True):
             for metric in ("nll", "mc", "em"):
                 for c in ("base", "in_context"):

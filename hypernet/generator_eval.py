@@ -66,16 +66,24 @@ class EvalConfig:
     # The held-out package corpus (``instill corpus build``); None = no real_corpus section.
     corpus: str | None = None
     real_buckets: tuple[int, ...] = (1, 2, 4)  # document lengths, in chunks of the network
-    real_bucket_docs: int = 8  # documents per length
+    real_bucket_docs: int | tuple[int, ...] = 8  # documents per length (or one count per length)
     real_knowledge_probes: int = 6
     real_continuation_probes: int = 2
-    real_em: bool = True  # greedy exact match on the knowledge probes (a batched generate per condition)
-    # Variants compared on the first ``real_generator_docs`` documents of every length: NAME[:STEPS].
+    # Conditions whose greedy answers to the knowledge probes are scored by exact match (a batched
+    # generate each; with the document in context it is the costliest measurement on long documents).
+    real_em_conditions: tuple[str, ...] = ("base", "own", "in_context")
+    real_gate_all: bool = False  # gate every document's hypernet adapter too (not only the comparison's)
+    # Variants compared on the first ``real_generator_docs`` documents of every length up to
+    # ``real_generator_max_chunks``: NAME[:STEPS].
     real_generators: tuple[str, ...] = REAL_GENERATORS
+    real_generator_max_chunks: int = 4
 
     def __post_init__(self) -> None:
         counts = (self.synthetic_docs, self.real_docs, self.em_docs, self.real_em_docs)
-        counts += (self.generator_docs, self.real_generator_docs, self.real_bucket_docs)
+        counts += (self.generator_docs, self.real_generator_docs)
+        counts += (
+            (self.real_bucket_docs,) if isinstance(self.real_bucket_docs, int) else self.real_bucket_docs
+        )
         if min(counts) < 0 or self.synthetic_docs == 1:
             raise ValueError(f"EvalConfig: need synthetic_docs 0 or >= 2 and no negative counts: {self}")
         unknown = sorted(set(self.generators) - set(GENERATORS))
@@ -84,6 +92,12 @@ class EvalConfig:
             raise ValueError(f"EvalConfig: unknown generator(s) {unknown}; known: {list(GENERATORS)}")
         if not self.real_buckets or min(self.real_buckets) < 1:
             raise ValueError(f"EvalConfig: real_buckets must be chunk counts >= 1: {self.real_buckets}")
+        if not isinstance(self.real_bucket_docs, int) and len(self.real_bucket_docs) != len(
+            self.real_buckets
+        ):
+            raise ValueError("EvalConfig: real_bucket_docs needs one count per real_buckets entry")
+        if set(self.real_em_conditions) - set(eval_real.CONDITIONS):
+            raise ValueError(f"EvalConfig: real_em_conditions must be among {eval_real.CONDITIONS}")
 
 
 def synthetic_heldout(cfg: EvalConfig) -> list[Document]:
@@ -279,6 +293,10 @@ def run_eval(
             "generators": list(cfg.generators),
             "real_buckets": list(cfg.real_buckets),
             "real_generators": list(cfg.real_generators),
+            "real_em_conditions": list(cfg.real_em_conditions),
+            "real_bucket_docs": cfg.real_bucket_docs
+            if isinstance(cfg.real_bucket_docs, int)
+            else list(cfg.real_bucket_docs),
             "gate": gate is not None,
         },
         "minutes": round((time.perf_counter() - start) / 60, 2),
@@ -360,12 +378,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, EvalConfig]:
     p.add_argument("--generators", default=",".join(GENERATORS), help="the synthetic/python-docs comparison")
     p.add_argument("--generator-docs", type=int, default=4)
     p.add_argument("--real-generator-docs", type=int, default=2, help="per length in the corpus comparison")
-    p.add_argument("--real-bucket-docs", type=int, default=8, help="corpus documents per length")
+    p.add_argument("--real-bucket-docs", default="8", help="corpus documents per length (or N,N,N)")
     p.add_argument("--real-buckets", default="1,2,4", help="document lengths in chunks")
     p.add_argument("--real-generators", default=",".join(REAL_GENERATORS), help="NAME[:STEPS],...")
-    p.add_argument("--no-real-em", action="store_true", help="skip greedy exact match on the corpus")
+    p.add_argument("--real-em", default="base,own,in_context", help="conditions scored by exact match")
+    p.add_argument("--real-generator-max-chunks", type=int, default=4, help="longest length compared")
+    p.add_argument("--real-gate-all", action="store_true", help="gate every document (with a gate)")
     args = p.parse_args(argv)
     split = lambda text: tuple(x.strip() for x in text.split(",") if x.strip())  # noqa: E731
+    bucket_docs = split(args.real_bucket_docs)
     cfg = EvalConfig(
         synthetic_docs=args.synthetic_docs,
         real_docs=args.real_docs,
@@ -374,10 +395,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[Any, EvalConfig]:
         real_generator_docs=args.real_generator_docs,
         checkpoint=args.checkpoint,
         corpus=args.corpus,
-        real_bucket_docs=args.real_bucket_docs,
+        real_bucket_docs=int(bucket_docs[0]) if len(bucket_docs) == 1 else tuple(int(n) for n in bucket_docs),
         real_buckets=tuple(int(k) for k in split(args.real_buckets)),
         real_generators=split(args.real_generators),
-        real_em=not args.no_real_em,
+        real_em_conditions=split(args.real_em),
+        real_generator_max_chunks=args.real_generator_max_chunks,
+        real_gate_all=args.real_gate_all,
     )
     return args, cfg
 

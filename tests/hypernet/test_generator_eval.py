@@ -100,7 +100,7 @@ def test_wrong_document_control_differs_from_the_own_adapter(tiny_base, checkpoi
 def test_eval_config_rejects_unknown_generators_and_tiny_sets() -> None:
     with pytest.raises(ValueError, match="unknown generator"):
         EvalConfig(generators=("magic",))
-    with pytest.raises(ValueError, match="synthetic_docs >= 2"):
+    with pytest.raises(ValueError, match="synthetic_docs 0 or >= 2"):
         EvalConfig(synthetic_docs=1)
 
 
@@ -169,3 +169,201 @@ def test_eval_command_writes_json_and_markdown(tiny_model_dir: Path, checkpoint:
     assert "| cd |" in (tmp_path / "e.md").read_text()
     bad = CliRunner().invoke(app, [*args[:5], "--checkpoint", str(tmp_path / "none")])
     assert bad.exit_code == 2 and "no hypernetwork checkpoint" in bad.output
+
+
+# ------------------------------------------------------------ held-out package corpus (hypernet.eval_real)
+
+NAMES = [
+    "Varnholt",
+    "Quillmoor",
+    "Tolvern",
+    "Ostrava",
+    "Kestrel",
+    "Mireille",
+    "Brisket",
+    "Harbour",
+    "Lantern",
+    "Okonkwo",
+    "Pellinor",
+]
+
+
+def _package_texts() -> list[tuple[str, str]]:
+    """(package, text): one-sentence documents with a date and a name each, in three packages."""
+    rows = []
+    for i in range(36):
+        name = NAMES[i % len(NAMES)]
+        rows.append((f"pkg{i % 3}", f"It was released in {1990 + i} by the {name} Group."))
+    return rows
+
+
+def write_package_corpus(root: Path, rows: list[tuple[str, str]]) -> Path:
+    """A package corpus in the format of ``instill corpus build``; every document held out."""
+    root.mkdir(parents=True, exist_ok=True)
+    lines = [
+        json.dumps({"doc_id": f"{pkg}:f{i}.html#0", "package": pkg, "source_file": f"f{i}.html", "title": "",
+                    "text": text, "n_tokens": len(text.split()), "split": "heldout"})
+        for i, (pkg, text) in enumerate(rows)
+    ]  # fmt: skip
+    (root / "documents.jsonl").write_text("\n".join(lines) + "\n")
+    (root / "manifest.json").write_text(json.dumps({"format": 1, "documents": len(rows)}))
+    return root
+
+
+def _fake_gate(base, weights, doc, other_text):
+    # knowledge passes for even-numbered years, specificity always: known pass rates
+    even = int(doc.text.split("in ")[1][:4]) % 2 == 0
+    return {"passed": even, "gates": {"knowledge": {"passed": even}, "specificity": {"passed": True}}}
+
+
+def test_real_corpus_section_by_length_type_and_generator(
+    tiny_base, checkpoint: Path, tmp_path: Path
+) -> None:
+    from hypernet.eval_real import CHOICES
+
+    corpus = write_package_corpus(tmp_path / "corpus", _package_texts())
+    cfg = _small(checkpoint, synthetic_docs=0, real_docs=0, generators=(), corpus=str(corpus),
+                 real_bucket_docs=2, real_generator_docs=2, real_gate_all=True,
+                 real_em_conditions=("base", "bias", "own", "wrong", "in_context"),
+                 real_generators=("hypernet", "cd:1", "hypernet+cd:1"))  # fmt: skip
+    records: list[dict] = []
+    result = run_eval(tiny_base, cfg, records.append, gate=_fake_gate)
+    assert set(result) == {"real_corpus", "meta"}
+    s = result["real_corpus"]
+    chunk = s["chunk_tokens"]
+    assert chunk == 32
+    for k in ("1", "2", "4"):
+        assert s["buckets"][k]["docs"] == 2
+        assert (int(k) - 0.5) * chunk <= s["buckets"][k]["tokens_mean"] <= int(k) * chunk
+    assert s["buckets"]["4"]["joined"] == 2  # one-sentence documents joined within a package
+    for r in s["per_doc"]:
+        assert (r["chunks"] - 0.5) * chunk <= r["tokens"] <= r["chunks"] * chunk
+        assert {p["kind"] for p in r["probes"]} <= {"date", "name", "number", "term", "continuation"}
+    ids = [part for r in s["per_doc"] for part in r["doc_id"].split("+")[:1]]
+    assert len(ids) == len(set(ids)) == 6
+
+    o = s["overall"]
+    assert o["docs"] == 6 and set(o["gap_closed"]) == {"bias", "own", "wrong"}
+    for v in [
+        *o["gap_closed"].values(),
+        o["own_minus_wrong"],
+        o["own_minus_bias"],
+        *o["multiple_choice"].values(),
+    ]:
+        assert v["ci_low"] <= v["mean"] <= v["ci_high"]
+    assert set(o["multiple_choice"]) == {"base", "bias", "own", "wrong", "in_context"}
+    assert all(0 <= v["mean"] <= 1 for v in o["multiple_choice"].values())
+    assert set(o["exact_match"]) == set(o["multiple_choice"])
+    evens = sum(int(r["doc_id"].split(":f")[1].split(".")[0]) % 2 == 0 for r in s["per_doc"])
+    assert o["gate_pass_rate"]["knowledge"] == o["gate_pass_rate"]["all"] == round(evens / 6, 4)
+    assert o["gate_pass_rate"]["specificity"] == 1.0 and o["gate_pass_rate"]["docs"] == 6
+    assert {"knowledge", "date", "name", "continuation"} <= set(s["by_type"])
+    assert s["by_type"]["date"]["docs"] == 6 and set(s["by_chunks"]) == {"1", "2", "4"}
+    assert s["by_chunks"]["4"]["docs"] == 2 and s["by_chunks"]["4"]["knowledge"]["probes"] > 0
+
+    gens = s["generators"]
+    assert list(gens) == ["hypernet", "cd:1", "hypernet+cd:1"] and s["generator_docs"] == {
+        "1": 2,
+        "2": 2,
+        "4": 2,
+    }
+    for g in gens.values():
+        assert g["docs"] == 6 and g["overall"]["seconds_per_doc"] > 0
+        assert set(g["by_chunks"]) == {"1", "2", "4"}
+        assert g["overall"]["gate_pass_rate"]["docs"] == 6
+        assert g["overall"]["nll"]["base"] == o["nll"]["base"]  # reused, same documents
+        assert "multiple_choice" in g["overall"]["knowledge"]
+    assert gens["hypernet"]["overall"]["gap_closed"]["own"] == o["gap_closed"]["own"]
+    assert any(r["kind"] == "eval-generator" and r["generator"] == "cd:1" for r in records)
+    assert json.loads(json.dumps(result)) == result
+    table = to_markdown(result)
+    assert "### Held-out real documents (6 documents" in table and "| by type: date |" in table
+    assert "| 4 chunk(s), knowledge |" in table and "| hypernet+cd:1 |" in table
+    assert CHOICES == 4
+
+
+def test_multiple_choice_is_correct_only_when_the_gold_answer_is_strictly_lowest(
+    tiny_base, monkeypatch
+) -> None:
+    from hypernet import eval_real
+    from hypernet.data import Document, Question
+
+    # NLL = answer length, so the shortest candidate wins by construction
+    monkeypatch.setattr(
+        eval_real, "answer_nll", lambda base, probes, w, ctx=None: [len(p.answer) for p in probes]
+    )
+    doc = Document("d", "text", (Question("q1", "ab", "name"), Question("q2", "abcd", "name"),
+                                 Question("q3", "xy", "date"), Question("q4", "a", "name")))  # fmt: skip
+    choices = [["ab", "abc", "abcd", "abcde"], ["abcd", "a", "abcdef", "abcdefg"],
+               ["xy", "zw", "uvw", "rstu"], ["a"]]  # fmt: skip
+    gold, correct = eval_real.score(tiny_base, doc, choices, None)
+    assert gold == [2, 4, 2, 1]
+    assert correct == [True, False, False, None]  # lowest; beaten; tied; no distractors
+
+
+def test_summaries_pool_probes_and_split_by_type_and_length() -> None:
+    from hypernet.eval_real import breakdown, summarise
+
+    def probe(kind, base, own, mc_own):
+        nll = {"base": base, "bias": base, "own": own, "wrong": base, "in_context": 1.0}
+        return {"kind": kind, "nll": nll, "mc": {"own": mc_own, "base": False}, "em": {}}
+
+    records = [
+        {
+            "doc_id": "a",
+            "chunks": 1,
+            "probes": [probe("date", 3.0, 2.0, True), probe("name", 3.0, 3.0, False)],
+        },
+        {"doc_id": "b", "chunks": 2, "probes": [probe("date", 5.0, 3.0, True)], "seconds": 2.0},
+        {"doc_id": "c", "chunks": 2, "probes": [probe("continuation", 2.0, 2.0, False)], "seconds": 4.0},
+    ]
+    s = summarise(records, "date")
+    assert s["docs"] == 2 and s["probes"] == 2
+    assert s["gap_closed"]["own"]["mean"] == round((1 + 2) / (2 + 4), 4)  # ratio of means over documents
+    assert s["gap_closed"]["wrong"]["mean"] == 0 and s["own_minus_wrong"]["mean"] == 0.5
+    assert s["multiple_choice"]["own"]["mean"] == 1.0 and s["multiple_choice"]["base"]["mean"] == 0.0
+    assert s["seconds_per_doc"] == 2.0  # only the documents that have a date probe
+    overall = summarise(records)
+    assert (
+        overall["multiple_choice"]["own"]["mean"] == 0.5 and overall["multiple_choice"]["own"]["probes"] == 4
+    )
+    assert summarise(records, "knowledge")["docs"] == 2 and summarise(records, "term") == {
+        "docs": 0,
+        "probes": 0,
+    }
+    b = breakdown(records, (1, 2), seed=0)
+    assert b["by_chunks"]["2"]["docs"] == 2 and b["by_chunks"]["2"]["knowledge"]["docs"] == 1
+    assert list(b["by_type"]) == ["knowledge", "date", "name", "continuation"]
+
+
+def test_documents_are_picked_by_length_joined_within_a_package_and_never_reused() -> None:
+    from hypernet.corpus import RealDocument
+    from hypernet.eval_real import select_documents
+
+    words = lambda text: len(text.split())  # noqa: E731
+    sentence = "It was released in {} by the Varnholt Group and Kestrel Desk."  # 12 words
+    corpus = [RealDocument(f"p{i % 2}:{i}", f"p{i % 2}", "heldout", sentence.format(1900 + i), 12)
+              for i in range(40)]  # fmt: skip
+    picked = select_documents(corpus, words, 12, (1, 2, 4), per_bucket=3, n_continuation=0)
+    assert [len(picked[k]) for k in (1, 2, 4)] == [3, 3, 3]
+    seen: set[str] = set()
+    for k, docs in picked.items():
+        for d in docs:
+            assert 6 <= d.tokens / k <= 12 and len(d.parts) == max(1, k)
+            assert len({p.split(":")[0] for p in d.parts}) == 1  # one package
+            assert not seen & set(d.parts)
+            seen |= set(d.parts)
+    assert [d.package for d in picked[1]] == ["p0", "p1", "p0"]  # packages take turns
+
+
+def test_gate_verdicts_and_generator_variants_are_parsed() -> None:
+    from hypernet.eval_real import gate_verdict, parse_variant
+
+    assert gate_verdict(True) == {"passed": True, "gates": {}}
+    report = {"passed": False, "gates": {"knowledge": {"passed": False, "skipped": None}, "regression": True}}
+    assert gate_verdict(report) == {"passed": False, "gates": {"knowledge": False, "regression": True}}
+    assert parse_variant("cd:10") == ("cd", 10) and parse_variant("hypernet") == ("hypernet", None)
+    with pytest.raises(ValueError, match="NAME:STEPS"):
+        parse_variant("hypernet:3")
+    with pytest.raises(ValueError, match="unknown generator"):
+        EvalConfig(real_generators=("magic:3",))
