@@ -134,24 +134,6 @@ class TeacherCache:
             "gold_logp": logp.gather(1, target[:, None])[:, 0].contiguous(),
         }
 
-    def for_batch(self, docs: list[Document], picks: list[list[int]] | None = None) -> Teacher:
-        """The teacher rows of ``docs``' questions, or of the questions ``picks[i]`` of document i.
-
-        Targets are computed (and cached) for all of a document's questions, so a step that trains on a
-        few of them reuses the one pass over the document.
-        """
+    def for_batch(self, docs: list[Document]) -> Teacher:
         parts = [self.get(d) for d in docs]
-        if picks is not None:
-            parts = [
-                _rows(p, self._answer_lengths(d), pick) for p, d, pick in zip(parts, docs, picks, strict=True)
-            ]
         return Teacher(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Teacher)))
-
-    def _answer_lengths(self, doc: Document) -> list[int]:
-        return [len(chat_ids(self.base.tokenizer, "", q.answer)[1]) for q in doc.questions]
-
-
-def _rows(t: Teacher, lengths: list[int], pick: list[int]) -> Teacher:
-    starts = [sum(lengths[:j]) for j in range(len(lengths))]
-    index = torch.tensor([starts[j] + i for j in pick for i in range(lengths[j])], dtype=torch.long)
-    return Teacher(t.topk_ids[index], t.topk_logp[index], t.gold_logp[index])

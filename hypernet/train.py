@@ -274,7 +274,9 @@ def loss_step(run: Run, docs: list[Document]) -> tuple[Tensor, dict[str, float]]
         for d, p in zip(docs, picks, strict=True)
     ]
     batch = make_batch(run.base.tokenizer, asked)
-    teacher = timed(run, "teacher", lambda: run.teacher.for_batch(docs, picks))
+    # targets for the asked questions only: a real document is seen about once, so the questions
+    # not asked now would be computed for nothing
+    teacher = timed(run, "teacher", lambda: run.teacher.for_batch(asked))
     chunks = timed(run, "features", lambda: [run.features.encode(d.text) for d in docs])
     dev = run.base.device
     D, M = len(docs), batch.target.shape[0]

@@ -5,7 +5,14 @@ from __future__ import annotations
 import pytest
 
 from hypernet.probes import QUESTION_PREFIX
-from hypernet.spans import KnowledgeProbe, cloze_probes, distractors, find_spans, knowledge_probes, template_probes
+from hypernet.spans import (
+    KnowledgeProbe,
+    cloze_probes,
+    distractors,
+    find_spans,
+    knowledge_probes,
+    template_probes,
+)
 
 TEXT = (
     "PostgreSQL 9.6 was released in September 2016. The default value of shared_buffers is 128MB in most "
@@ -23,7 +30,7 @@ def test_spans_are_typed_and_do_not_overlap():
     assert any(t == "version" and "9.6" in text for t, text in found)
     assert any(t == "name" and text == "PostgreSQL" for t, text in found)
     ordered = sorted((s.start, s.end) for s in spans)
-    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(ordered, ordered[1:]))
+    assert all(a_end <= b_start for (_, a_end), (b_start, _) in zip(ordered, ordered[1:], strict=False))
 
 
 def test_a_sentence_initial_capital_and_common_words_are_not_names():
@@ -33,9 +40,12 @@ def test_a_sentence_initial_capital_and_common_words_are_not_names():
 
 def test_cloze_shows_the_sentence_up_to_the_span_and_expects_the_span():
     probes = cloze_probes("Each frame of the lantern protocol carries 64 bytes of header data.")
-    assert KnowledgeProbe(
-        QUESTION_PREFIX + "Each frame of the lantern protocol carries", "64 bytes", "number", "cloze"
-    ) in probes
+    assert (
+        KnowledgeProbe(
+            QUESTION_PREFIX + "Each frame of the lantern protocol carries", "64 bytes", "number", "cloze"
+        )
+        in probes
+    )
 
 
 def test_a_span_too_close_to_the_start_gets_no_cloze():

@@ -36,17 +36,6 @@ def test_shared_prefix_teacher_equals_one_full_pass_per_question(tiny_base):
     assert pad_id(tok) is not None
 
 
-def test_rows_of_picked_questions_match_a_document_with_only_those_questions(tiny_base, tmp_path):
-    doc = _doc_with_questions(3)
-    cache = TeacherCache(tiny_base, top_k=8, cache_dir=tmp_path)
-    picked = cache.for_batch([doc], [[0, 2]])
-    alone = dataclasses.replace(doc, questions=(doc.questions[0], doc.questions[2]))
-    direct = TeacherCache(tiny_base, top_k=8, cache_dir=None).get(alone)
-    assert torch.equal(picked.topk_ids, direct.topk_ids)
-    assert torch.allclose(picked.gold_logp, direct.gold_logp, atol=1e-4)
-    assert list(tmp_path.rglob("*.safetensors"))  # the whole document's targets were cached on disk
-
-
 def test_student_log_probs_are_kept_only_where_answers_are_predicted(tiny_base):
     docs = make_split(DataConfig(n_train=4), "train")[:2]
     batch = make_batch(tiny_base.tokenizer, docs)

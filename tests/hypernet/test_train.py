@@ -10,8 +10,8 @@ import torch
 
 from hypernet.data import DataConfig, make_split
 from hypernet.features import FeatureEncoder, pad_features
-from hypernet.model import load_hypernet
 from hypernet.metrics import per_group_mean
+from hypernet.model import load_hypernet
 from hypernet.teacher import answer_logprobs, make_batch
 from hypernet.train import TrainConfig, TrainError, lr_at, parse_args, sample_batch, setup, train
 from hypernet.validate import CONDITIONS
