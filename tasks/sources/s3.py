@@ -12,16 +12,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, SourceError
-from tasks.sources.local import (
+from tasks.sources.base import (
+    Change,
+    ChangeKind,
+    ChangeSet,
+    Cursor,
     DocumentFetchError,
+    KnownDocument,
+    SourceError,
     StaleRevisionError,
     is_selected,
     pair_renames,
+    secret,
     sort_changes,
 )
+
+if TYPE_CHECKING:
+    from tasks.settings import S3SourceConfig, Settings
 
 DEFAULT_MAX_BYTES = 50 * 2**20
 _VERSION = "version:"
@@ -87,13 +96,33 @@ class S3Source:
     retries: int = 4
     timeout_s: float = 30.0
     kind: ClassVar[str] = "s3"
+    cursor_type: ClassVar[type[Cursor] | None] = None
+
+    @classmethod
+    def from_config(cls, cfg: S3SourceConfig, settings: Settings) -> S3Source:
+        return cls(
+            cfg.name,
+            cfg.bucket,
+            prefix=cfg.prefix,
+            include=cfg.include,
+            endpoint_url=cfg.endpoint_url,
+            region=cfg.region,
+            access_key_id=secret(cfg.kind, cfg.name, cfg.access_key_id_env),
+            secret_access_key=secret(cfg.kind, cfg.name, cfg.secret_access_key_env),
+            max_bytes=cfg.max_bytes,
+            page_size=cfg.page_size,
+            retries=cfg.retries,
+        )
+
+    def document_filename(self, change: Change) -> str:
+        return change.key
 
     @property
     def location(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix}"
         return f"{where} at {self.endpoint_url}" if self.endpoint_url else where
 
-    def changes(self, cursor: str | None, known: Mapping[str, KnownDocument]) -> ChangeSet:
+    def changes(self, cursor: None, known: Mapping[str, KnownDocument]) -> ChangeSet:
         client = self._client()
         warnings: list[str] = []
         try:

@@ -88,7 +88,7 @@ def test_registered_adapter_loads_with_peft(prefect_server, kb, tmp_path, tiny_m
         folder = runtime(kb).store.get_dir(adapter.store_uri)
         lineage = json.loads((folder / "instill.json").read_text())
         assert lineage["text_sha256"] == adapter.document_version.text_sha256
-        assert lineage["generator"]["fingerprint"] == adapter.hypernet.fingerprint
+        assert lineage["generator"]["fingerprint"] == adapter.generator.fingerprint
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model = PeftModel.from_pretrained(base, folder)
     assert any("lora_A" in name for name, _ in model.named_parameters())

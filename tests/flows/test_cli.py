@@ -15,7 +15,7 @@ from tasks.parse import parse_document
 from tasks.runtime import forget_runtimes
 from tests.fixtures.kb import instill, refresh
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "kb" / "on-call-policy.md"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kb" / "on-call-policy.md"
 
 
 def test_generate_writes_a_peft_adapter_folder_for_one_file(kb, tmp_path, tiny_model_dir):
