@@ -18,7 +18,7 @@ from typing import Any
 from mlflow import MlflowClient
 from prefect import flow
 
-from tasks.settings import Settings
+from tasks.settings import DEFAULT_BASE_MODEL, Settings
 
 EXPERIMENT = "instill-hypernet"
 _SKIP = {"time", "kind", "step", "stage", "from"}
@@ -80,7 +80,7 @@ def _experiment_id(client: MlflowClient, settings: Settings, name: str) -> str:
 @flow(name="train-hypernet")
 def train_hypernet(
     out_dir: str,
-    base_model: str = "smollm2-135m-instruct",
+    base_model: str = DEFAULT_BASE_MODEL,
     options: dict[str, Any] | None = None,
     minutes: float | None = None,
     steps: int | None = None,

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, SourceError
+from tasks.sources.base import Change, ChangeKind, ChangeSet, DocumentFetchError, KnownDocument, SourceError
 from tasks.sources.git import GitCursor, GitSource, reconcile, redact
-from tasks.sources.base import DocumentFetchError
 from tests.fixtures.git import GitDaemon, WorkRepo, free_port, git
 
 
@@ -199,7 +198,9 @@ def test_force_push_with_the_old_commit_still_in_the_mirror_warns_and_diffs_tree
     assert summary(after) == expected_after_rewrite()
     assert after.cursor == GitCursor(repo.head())
     assert (
-        len(after.warnings) == 1 and "rewritten" in after.warnings[0] and result.cursor.commit in after.warnings[0]
+        len(after.warnings) == 1
+        and "rewritten" in after.warnings[0]
+        and result.cursor.commit in after.warnings[0]
     )
 
 

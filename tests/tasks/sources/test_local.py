@@ -9,8 +9,16 @@ from pathlib import Path
 import pytest
 
 import tasks.sources.local as local_module
-from tasks.sources.base import Change, ChangeKind, KnownDocument, SourceError
-from tasks.sources.base import StaleRevisionError, glob_regex, is_selected, pair_renames
+from tasks.sources.base import (
+    Change,
+    ChangeKind,
+    KnownDocument,
+    SourceError,
+    StaleRevisionError,
+    glob_regex,
+    is_selected,
+    pair_renames,
+)
 from tasks.sources.local import LocalFolderSource
 
 

@@ -7,8 +7,15 @@ import requests
 
 from tasks.settings import MediaWikiSourceConfig
 from tasks.sources import build_source
-from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, SourceError
-from tasks.sources.base import DocumentFetchError, StaleRevisionError
+from tasks.sources.base import (
+    Change,
+    ChangeKind,
+    ChangeSet,
+    DocumentFetchError,
+    KnownDocument,
+    SourceError,
+    StaleRevisionError,
+)
 from tasks.sources.mediawiki import Mark, MediaWikiSource, WikiClient, WikiError
 from tests.fixtures.git import free_port
 from tests.fixtures.mediawiki import Wiki

@@ -9,8 +9,15 @@ import yaml
 
 from tasks.settings import KnowledgeBase, S3SourceConfig
 from tasks.sources import build_source
-from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, SourceError
-from tasks.sources.base import DocumentFetchError, StaleRevisionError
+from tasks.sources.base import (
+    Change,
+    ChangeKind,
+    ChangeSet,
+    DocumentFetchError,
+    KnownDocument,
+    SourceError,
+    StaleRevisionError,
+)
 from tasks.sources.s3 import DocumentTooLargeError, S3Source
 from tests.fixtures.git import free_port
 from tests.fixtures.proxy import FlakyProxy
