@@ -1,3 +1,5 @@
+"""Parsing: every supported format to normalised text, offline, with its parser version on record."""
+
 from __future__ import annotations
 
 import hashlib
