@@ -26,7 +26,7 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 if TYPE_CHECKING:
     from tasks.settings import Settings
@@ -112,21 +112,27 @@ class StaleRevisionError(DocumentFetchError):
     """The document's bytes changed between ``changes()`` and ``fetch()``."""
 
 
-class Source(Protocol):
+class Source:
+    """The base of every connector: the default file naming and no cursor; subclasses are dataclasses."""
+
     name: str
     kind: ClassVar[str]
-    cursor_type: ClassVar[type[Cursor] | None]
+    cursor_type: ClassVar[type[Cursor] | None] = None  # None: every run compares everything
 
     @classmethod
-    def from_config(cls, cfg: Any, settings: Settings) -> Self: ...
+    def from_config(cls, cfg: Any, settings: Settings) -> Self:
+        """The connector for one configured source (secrets read from the environment here)."""
+        raise NotImplementedError
 
-    def changes(self, cursor: Cursor | None, known: Mapping[str, KnownDocument]) -> ChangeSet: ...
+    def changes(self, cursor: Cursor | None, known: Mapping[str, KnownDocument]) -> ChangeSet:
+        raise NotImplementedError
 
-    def fetch(self, change: Change) -> bytes: ...
+    def fetch(self, change: Change) -> bytes:
+        raise NotImplementedError
 
     def document_filename(self, change: Change) -> str:
-        """The name the parser picks a format by."""
-        ...
+        """The name the parser picks a format by: the key (a path or object key) unless overridden."""
+        return change.key
 
 
 def load_cursor(source: Source, stored: str | None, warnings: list[str]) -> Cursor | None:

@@ -24,6 +24,7 @@ from tasks.sources.base import (
     Cursor,
     DocumentFetchError,
     KnownDocument,
+    Source,
     SourceError,
     compare_with_known,
     is_selected,
@@ -107,7 +108,7 @@ def reconcile(changes: list[Change], known: Mapping[str, KnownDocument]) -> list
 
 
 @dataclass
-class GitSource:
+class GitSource(Source):
     """Documents of ``branch`` of the repository at ``url`` (a local path, file://, git:// or http(s) URL).
 
     Keys are POSIX paths from the repository root, limited to ``subdir`` and the ``include`` globs.
@@ -135,9 +136,6 @@ class GitSource:
             include=cfg.include,
             workdir=settings.git_dir,
         )
-
-    def document_filename(self, change: Change) -> str:
-        return change.key
 
     @property
     def display_url(self) -> str:

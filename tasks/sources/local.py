@@ -13,9 +13,9 @@ from typing import TYPE_CHECKING, ClassVar
 from tasks.sources.base import (
     Change,
     ChangeSet,
-    Cursor,
     DocumentFetchError,
     KnownDocument,
+    Source,
     SourceError,
     StaleRevisionError,
     compare_with_known,
@@ -33,7 +33,7 @@ def sha256_file(path: Path) -> str:
 
 
 @dataclass
-class LocalFolderSource:
+class LocalFolderSource(Source):
     """The documents under ``root``; keys are POSIX paths relative to it, revisions sha256 of the bytes.
 
     There is no cursor: every run hashes the files and compares them with the catalog. Hidden
@@ -45,14 +45,10 @@ class LocalFolderSource:
     root: Path
     include: list[str] | None = None
     kind: ClassVar[str] = "local"
-    cursor_type: ClassVar[type[Cursor] | None] = None
 
     @classmethod
     def from_config(cls, cfg: LocalSourceConfig, settings: Settings) -> LocalFolderSource:
         return cls(cfg.name, cfg.path, include=cfg.include)
-
-    def document_filename(self, change: Change) -> str:
-        return change.key
 
     def changes(self, cursor: None, known: Mapping[str, KnownDocument]) -> ChangeSet:
         root = self._checked_root()

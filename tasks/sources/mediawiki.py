@@ -29,6 +29,7 @@ from tasks.sources.base import (
     Cursor,
     DocumentFetchError,
     KnownDocument,
+    Source,
     SourceError,
     StaleRevisionError,
     secret,
@@ -179,7 +180,7 @@ class PageState:
 
 
 @dataclass
-class MediaWikiSource:
+class MediaWikiSource(Source):
     """Pages of ``namespaces`` of the wiki whose api.php is at ``api_url`` (redirects are not documents)."""
 
     name: str

@@ -18,9 +18,9 @@ from tasks.sources.base import (
     Change,
     ChangeKind,
     ChangeSet,
-    Cursor,
     DocumentFetchError,
     KnownDocument,
+    Source,
     SourceError,
     StaleRevisionError,
     is_selected,
@@ -77,7 +77,7 @@ def _revision(version_id: str | None, etag: str) -> str:
 
 
 @dataclass
-class S3Source:
+class S3Source(Source):
     """Documents under ``prefix`` (a plain key prefix) of ``bucket``; keys are whole object keys.
 
     Credentials: the ones given, else boto3's usual chain (environment, profile, instance role).
@@ -96,7 +96,6 @@ class S3Source:
     retries: int = 4
     timeout_s: float = 30.0
     kind: ClassVar[str] = "s3"
-    cursor_type: ClassVar[type[Cursor] | None] = None
 
     @classmethod
     def from_config(cls, cfg: S3SourceConfig, settings: Settings) -> S3Source:
@@ -113,9 +112,6 @@ class S3Source:
             page_size=cfg.page_size,
             retries=cfg.retries,
         )
-
-    def document_filename(self, change: Change) -> str:
-        return change.key
 
     @property
     def location(self) -> str:
