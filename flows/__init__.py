@@ -1,0 +1,1 @@
+"""Orchestration: the Prefect flows (refresh, lifecycle, train-hypernet) and the `instill` command line."""

@@ -11,7 +11,7 @@ from dataclasses import asdict
 from prefect import flow
 from prefect.runtime import flow_run
 
-from tasks import lifecycle
+from tasks import lifecycle, release
 
 
 def _run_id() -> str | None:
@@ -27,7 +27,7 @@ def promote(
     reason: str | None = None,
 ) -> dict:
     move = lifecycle.promote(config, document, version, actor=actor, reason=reason, flow_run_id=_run_id())
-    lifecycle.write_release(config, actor=actor, reason=f"promote {document}", flow_run_id=_run_id())
+    release.write_release(config, actor=actor, reason=f"promote {document}", flow_run_id=_run_id())
     return asdict(move)
 
 
@@ -36,7 +36,7 @@ def rollback(
     config: str, document: str, to: str | None = None, actor: str | None = None, reason: str | None = None
 ) -> dict:
     move = lifecycle.rollback(config, document, to, actor=actor, reason=reason, flow_run_id=_run_id())
-    lifecycle.write_release(config, actor=actor, reason=f"rollback {document}", flow_run_id=_run_id())
+    release.write_release(config, actor=actor, reason=f"rollback {document}", flow_run_id=_run_id())
     return asdict(move)
 
 

@@ -1,7 +1,8 @@
 """The ML engineer's commands: `instill train-hypernet`, `instill eval`, `instill bench`.
 
-``register(app)`` adds them to the main typer app (flows/cli.py calls it). Heavy imports happen inside
-the commands so that `instill --help` stays instant.
+Plain functions; ``flows/cli.py`` registers them. ``--config`` picks the settings (state folder, model
+cache) as for every other command. Heavy imports happen inside the commands so that `instill --help`
+stays instant.
 """
 
 from __future__ import annotations
@@ -11,12 +12,9 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from tasks.settings import Settings, apply_runtime_env
-
-console = Console(stderr=True)
-out = Console()
+from flows.console import ConfigOption, SetOption, console, fail, out, settings_for, write_report
+from tasks.settings import DEFAULT_BASE_MODEL, Settings
 
 BaseOption = Annotated[str, typer.Option("--base", help="Base model alias or local HF model dir.")]
 CheckpointOption = Annotated[
@@ -27,41 +25,18 @@ ThreadsOption = Annotated[int, typer.Option("--threads", help="torch CPU threads
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: CUDA if present).")]
 
 
-def _settings() -> Settings:
-    settings = Settings()
-    apply_runtime_env(settings.home)
-    return settings
-
-
-def _fail(message: str, code: int = 2) -> None:
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
-    raise typer.Exit(code)
-
-
 def _load_base(settings: Settings, spec: str, device: str | None, threads: int):
-    import torch
+    from hypernet.base_model import BaseModelError
+    from tasks.runtime import load_base
 
-    from hypernet.base_model import BaseModelError, load_base_model
-
-    if threads > 0:
-        torch.set_num_threads(threads)
     try:
-        return load_base_model(spec, settings.models_dir, device=device or settings.device)
+        return load_base(settings, spec, device=device, threads=threads)
     except BaseModelError as exc:
-        _fail(str(exc))
+        fail(str(exc))
 
 
 def _progress(record: dict[str, Any]) -> None:
     console.print(json.dumps(record), highlight=False)
-
-
-def _write(result: dict[str, Any], markdown: str, json_path: Path, md_path: Path | None) -> None:
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    md_path = md_path or json_path.with_suffix(".md")
-    md_path.write_text(markdown, encoding="utf-8")
-    out.print(markdown, markup=False, highlight=False)
-    console.print(f"wrote {json_path} and {md_path}")
 
 
 def _generator_options(cd_steps: int | None, refine_steps: int | None) -> dict[str, dict[str, Any]]:
@@ -73,29 +48,29 @@ def _generator_options(cd_steps: int | None, refine_steps: int | None) -> dict[s
     return options
 
 
-def train_hypernet_command(
+def train_hypernet(
     out_dir: Annotated[Path, typer.Option("--out", help="Run dir: checkpoint/, metrics.jsonl, final/.")],
-    base: BaseOption = "smollm2-135m-instruct",
+    base: BaseOption = DEFAULT_BASE_MODEL,
     minutes: Annotated[float | None, typer.Option(help="Wall-clock bound on the training loop.")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimiser steps (the schedule's length).")] = None,
-    sets: Annotated[
-        list[str] | None, typer.Option("--set", help="TrainConfig field, e.g. data.n_train=800 (repeatable).")
-    ] = None,
+    sets: SetOption = None,
     device: DeviceOption = None,
     threads: ThreadsOption = 1,
+    config: ConfigOption = None,
 ) -> None:
-    """Train (or resume) the Doc-to-LoRA hypernetwork; metrics go to MLflow."""
-    _settings()
-    from flows.train import train_hypernet
+    """Train (or resume) the Doc-to-LoRA hypernetwork; metrics go to MLflow. --set takes TrainConfig
+    fields (data.n_train=800)."""
+    settings_for(config)
+    from flows.train import train_hypernet as train_flow
     from hypernet.train import TrainError, parse_overrides
 
     try:
         options = parse_overrides(sets or [])
-        result = train_hypernet(
+        result = train_flow(
             str(out_dir), base, options, minutes=minutes, steps=steps, device=device, threads=threads
         )
     except (TrainError, ValueError, TypeError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     gap = result["heldout_eval"]["gap_closed"]["mean"]
     wrong = result["heldout_eval"]["gap_closed_wrong_doc"]
     out.print(
@@ -105,12 +80,12 @@ def train_hypernet_command(
     )
 
 
-def eval_command(
+def evaluate(
     json_path: Annotated[Path, typer.Option("--json", help="Write the results here (JSON).")],
     md_path: Annotated[
         Path | None, typer.Option("--md", help="Markdown table (default: beside --json).")
     ] = None,
-    base: BaseOption = "smollm2-135m-instruct",
+    base: BaseOption = DEFAULT_BASE_MODEL,
     checkpoint: CheckpointOption = None,
     synthetic_docs: Annotated[int, typer.Option(help="Held-out synthetic documents.")] = 48,
     real_docs: Annotated[int, typer.Option(help="Held-out real-text documents.")] = 24,
@@ -125,9 +100,10 @@ def eval_command(
     refine_steps: Annotated[int | None, typer.Option(help="Refinement steps of `hypernet+cd`.")] = None,
     device: DeviceOption = None,
     threads: ThreadsOption = 1,
+    config: ConfigOption = None,
 ) -> None:
     """Measure the generators on held-out documents: five conditions, gap closed with CIs, exact match."""
-    settings = _settings()
+    settings = settings_for(config)
     from hypernet.generator_eval import EvalConfig, run_eval, to_markdown
     from hypernet.generators import GeneratorError
 
@@ -144,21 +120,21 @@ def eval_command(
             checkpoint=str(checkpoint) if checkpoint else None,
         )
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     model = _load_base(settings, base, device, threads)
     try:
         result = run_eval(model, cfg, _progress)
     except GeneratorError as exc:
-        _fail(str(exc))
-    _write(result, to_markdown(result), json_path, md_path)
+        fail(str(exc))
+    write_report(result, to_markdown(result), json_path, md_path)
 
 
-def bench_command(
+def bench(
     json_path: Annotated[Path, typer.Option("--json", help="Write the results here (JSON).")],
     md_path: Annotated[
         Path | None, typer.Option("--md", help="Markdown table (default: beside --json).")
     ] = None,
-    base: BaseOption = "smollm2-135m-instruct",
+    base: BaseOption = DEFAULT_BASE_MODEL,
     checkpoint: CheckpointOption = None,
     docs: Annotated[int, typer.Option(help="Documents timed with every generator.")] = 4,
     generators: Annotated[
@@ -172,9 +148,10 @@ def bench_command(
     repeats: Annotated[int, typer.Option(help="Repeats of the long-document timing (median).")] = 3,
     device: DeviceOption = None,
     threads: ThreadsOption = 1,
+    config: ConfigOption = None,
 ) -> None:
     """Time the generators side by side (ratios), a 512-token document, and peak memory."""
-    settings = _settings()
+    settings = settings_for(config)
     from hypernet.bench import BenchConfig, run_bench, to_markdown
     from hypernet.generators import GeneratorError
 
@@ -188,17 +165,18 @@ def bench_command(
             repeats=repeats,
         )
     except ValueError as exc:
-        _fail(str(exc))
+        fail(str(exc))
     model = _load_base(settings, base, device, threads)
     try:
         result = run_bench(model, cfg, _progress)
     except GeneratorError as exc:
-        _fail(str(exc))
-    _write(result, to_markdown(result), json_path, md_path)
+        fail(str(exc))
+    write_report(result, to_markdown(result), json_path, md_path)
 
 
 def register(app: typer.Typer) -> None:
-    """Add `train-hypernet`, `eval` and `bench` to ``app``."""
-    app.command("train-hypernet")(train_hypernet_command)
-    app.command("eval")(eval_command)
-    app.command("bench")(bench_command)
+    """Transitional: adds these commands to ``app`` for the hypernet tests that build their own app
+    (tests/test_eval.py, tests/test_bench.py); once they use ``flows.cli.app``, this goes."""
+    app.command("train-hypernet")(train_hypernet)
+    app.command("eval")(evaluate)
+    app.command("bench")(bench)

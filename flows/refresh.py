@@ -1,9 +1,10 @@
-"""The `refresh` flow: per source, detect changes, record them, generate adapters, register, retire.
+"""The `refresh` flow: per source detect, record, sweep, generate, gate, register, retire, finish; release.
 
-Reads like the process it runs. Each step is a plain function in ``tasks/`` wrapped thinly as a task;
-only ids, paths and small records cross task boundaries. Generation and registration work from what the
-catalog says is pending, not only from this run's changes, so a crashed run's leftovers are finished by
-the next one; a source's cursor moves only once every change it covers is recorded.
+Reads like the process it runs. Each step is a plain function in ``tasks/<step>.py`` wrapped thinly as a
+task of the same name; only ids, paths and small records cross task boundaries. The adapter ids that
+`generate` returns are what `gate` and `register` receive, together with the leftovers the `sweep` found
+in the catalog (a crashed run's unfinished work). A source's cursor moves only once every change it
+covers is recorded.
 """
 
 from __future__ import annotations
@@ -16,23 +17,28 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from tasks.catalog.types import RunStatus
-from tasks.gating import gate_adapter, ungated_adapters
-from tasks.generate import ensure_generator_row, generate_adapter, pending_versions
-from tasks.ingest import finish_run, plan_source, record_change
-from tasks.lifecycle import write_release
-from tasks.publish import documents_to_retire, register_adapter, retire_document, unregistered_adapters
+from tasks.detect import detect
+from tasks.finish import finish
+from tasks.gate import gate
+from tasks.generate import generate
+from tasks.record import record
+from tasks.register import register
+from tasks.release import write_release
+from tasks.retire import retire
 from tasks.runtime import runtime
 from tasks.sources.base import ChangeKind
+from tasks.sweep import sweep
 
-detect_changes_task = task(plan_source, name="detect-changes")
-record_change_task = task(record_change, name="record-change")
-generator_task = task(ensure_generator_row, name="load-generator")
-generate_task = task(generate_adapter, name="generate-adapter")
-gate_task = task(gate_adapter, name="qa-gates")
-register_task = task(register_adapter, name="register-adapter", retries=2, retry_delay_seconds=[1, 5])
-retire_task = task(retire_document, name="retire-document", retries=2, retry_delay_seconds=[1, 5])
-finish_task = task(finish_run, name="finish-source")
-release_task = task(write_release, name="write-release", retries=2, retry_delay_seconds=[1, 5])
+# Task names are the names of the modules that hold the steps (tasks/<name>.py).
+detect_task = task(detect, name="detect")
+record_task = task(record, name="record")
+sweep_task = task(sweep, name="sweep")
+generate_task = task(generate, name="generate")
+gate_task = task(gate, name="gate")
+register_task = task(register, name="register", retries=2, retry_delay_seconds=[1, 5])
+retire_task = task(retire, name="retire", retries=2, retry_delay_seconds=[1, 5])
+finish_task = task(finish, name="finish")
+release_task = task(write_release, name="release", retries=2, retry_delay_seconds=[1, 5])
 
 
 @dataclass
@@ -57,31 +63,34 @@ def refresh(config: str) -> dict:
     """Bring every source of the knowledge base in ``config`` up to date; returns the run's summary."""
     run_id = str(flow_run.id) if flow_run.id else None
     summary = RefreshSummary()
-    sources = [s.name for s in runtime(config).kb.sources]
-    gates_on = runtime(config).kb.gates.enabled
-    hypernet_id: int | None = None
-    for name in sources:
-        plan = detect_changes_task(config, name, run_id)
+    kb = runtime(config).kb
+    for name in [s.name for s in kb.sources]:
+        plan = detect_task(config, name, run_id)
         if plan.error:
+            finish_task(config, plan.run_id, RunStatus.FAILED, None, {}, error=plan.error)
             summary.failed.append({"document": f"{name}:*", "reason": plan.error})
             summary.sources.append({"source": name, "status": RunStatus.FAILED.value, "error": plan.error})
             continue
-        outcomes = [record_change_task(config, name, change, run_id) for change in plan.changes]
-        if hypernet_id is None:
-            hypernet_id = generator_task(config)  # loads the base model once per run
-        pending = pending_versions(config, name, hypernet_id)
-        generated = [generate_task(config, v, hypernet_id, run_id) for v in pending]
-        gated = [gate_task(config, a, run_id) for a in ungated_adapters(config, name)] if gates_on else []
-        registered = [register_task(config, a, run_id) for a in unregistered_adapters(config, name)]
-        retired = sum(retire_task(config, d, run_id) for d in documents_to_retire(config, name))
-        status = _source_status(outcomes, generated, gated)
-        counts = _tally(summary, name, outcomes, generated, gated, registered, retired)
+        recorded = [record_task(config, name, change, run_id) for change in plan.changes]
+        todo = sweep_task(config, name)  # what this run recorded, and what a crashed run left undone
+        generated = [generate_task(config, v, todo.generator_id, run_id) for v in todo.versions]
+        new = [g.adapter_id for g in generated if g.adapter_id is not None]
+        gated = [gate_task(config, a, run_id) for a in _merge(todo.ungated, new)] if kb.gates.enabled else []
+        registered = [register_task(config, a, run_id) for a in _merge(todo.unregistered, new)]
+        retired = sum(retire_task(config, d, run_id) for d in todo.deleted)
+        status = _source_status(recorded, generated, gated)
+        counts = _tally(summary, name, recorded, generated, gated, registered, retired)
         finish_task(config, plan.run_id, status, plan.cursor, counts)
         summary.sources.append({"source": name, "status": status.value, **counts})
     result = summary.as_dict()
     result["release"] = release_task(config, reason="refresh", flow_run_id=run_id)
     create_markdown_artifact(markdown_report(result), key="refresh-summary", description="instill refresh")
     return result
+
+
+def _merge(leftover: list[int], new: list[int]) -> list[int]:
+    """A crashed run's leftover ids, then this run's new ones, each once, oldest first."""
+    return sorted(set(leftover) | set(new))
 
 
 def _source_status(outcomes, generated, gated) -> RunStatus:

@@ -18,7 +18,7 @@ from typing import Any
 from mlflow import MlflowClient
 from prefect import flow
 
-from tasks.settings import Settings
+from tasks.settings import DEFAULT_BASE_MODEL, Settings
 
 EXPERIMENT = "instill-hypernet"
 _SKIP = {"time", "kind", "step", "stage", "from"}
@@ -80,7 +80,7 @@ def _experiment_id(client: MlflowClient, settings: Settings, name: str) -> str:
 @flow(name="train-hypernet")
 def train_hypernet(
     out_dir: str,
-    base_model: str = "smollm2-135m-instruct",
+    base_model: str = DEFAULT_BASE_MODEL,
     options: dict[str, Any] | None = None,
     minutes: float | None = None,
     steps: int | None = None,
@@ -96,17 +96,15 @@ def train_hypernet(
     """
     import torch
 
-    from hypernet.base_model import load_base_model
     from hypernet.model import checkpoint_sha256
     from hypernet.train import TrainConfig, train
+    from tasks.runtime import load_base
 
     settings = Settings()
-    if threads > 0:
-        torch.set_num_threads(threads)
     device = device or ("cuda" if torch.cuda.is_available() else settings.device or "cpu")
     fields = dict(options or {}) | {"max_minutes": minutes} | ({"steps": steps} if steps else {})
     cfg = TrainConfig(**fields)
-    base = load_base_model(base_model, settings.models_dir, device=device)
+    base = load_base(settings, base_model, device=device, threads=threads)
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     run = client.create_run(
         _experiment_id(client, settings, experiment),

@@ -5,14 +5,13 @@ Plain dicts out, so the CLI can print a table or JSON from the same answer.
 
 from __future__ import annotations
 
-from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from tasks.catalog.models import Adapter, AliasEvent, Document
-from tasks.catalog.types import DocumentState
+from tasks.aliases import PRODUCTION, model_name
+from tasks.catalog import queries
+from tasks.catalog.models import Adapter
 from tasks.lifecycle import LifecycleError, resolve_document
-from tasks.publish import PRODUCTION, model_name
-from tasks.runtime import Runtime, runtime
+from tasks.runtime import runtime
 
 
 def _ts(value) -> str | None:
@@ -20,9 +19,6 @@ def _ts(value) -> str | None:
 
 
 def _events(session: Session, model: str, version: str | None = None) -> list[dict]:
-    query = select(AliasEvent).where(AliasEvent.registered_model == model)
-    if version is not None:
-        query = query.where(or_(AliasEvent.to_version == version, AliasEvent.from_version == version))
     return [
         {
             "alias": e.alias,
@@ -33,12 +29,12 @@ def _events(session: Session, model: str, version: str | None = None) -> list[di
             "time": _ts(e.created_at),
             "flow_run_id": e.flow_run_id,
         }
-        for e in session.scalars(query.order_by(AliasEvent.id))
+        for e in queries.alias_events(session, model, version=version)
     ]
 
 
 def adapter_record(session: Session, adapter: Adapter) -> dict:
-    version, hypernet = adapter.document_version, adapter.hypernet
+    version, generator = adapter.document_version, adapter.generator
     doc = version.document
     return {
         "model": adapter.registered_model,
@@ -63,14 +59,14 @@ def adapter_record(session: Session, adapter: Adapter) -> dict:
         "parser": version.parser,
         "parser_version": version.parser_version,
         "generator": {
-            "kind": hypernet.kind,
-            "fingerprint": hypernet.fingerprint,
-            "checkpoint_sha256": hypernet.checkpoint_sha256,
+            "kind": generator.kind,
+            "fingerprint": generator.fingerprint,
+            "checkpoint_sha256": generator.checkpoint_sha256,
         },
         "base_model": {
-            "id": hypernet.base_model_id,
-            "revision": hypernet.base_model_revision,
-            "weights_sha256": hypernet.base_model_sha256,
+            "id": generator.base_model_id,
+            "revision": generator.base_model_revision,
+            "weights_sha256": generator.base_model_sha256,
         },
         "qa": [
             {
@@ -102,11 +98,7 @@ def audit_adapter(config: str, ref: str) -> dict:
     if version is None:
         raise LifecycleError(f"{model} has no alias {at!r}")
     with rt.sessions() as session:
-        adapter = session.scalar(
-            select(Adapter)
-            .where(Adapter.registered_model == model, Adapter.model_version == version)
-            .order_by(Adapter.id.desc())
-        )
+        adapter = queries.adapter_registered_as(session, model, version)
         if adapter is None:
             raise LifecycleError(f"no adapter registered as {model} version {version}")
         return adapter_record(session, adapter)
@@ -118,7 +110,7 @@ def audit_document(config: str, ref: str) -> dict:
         doc = resolve_document(session, rt, ref)
         model = model_name(rt.kb.name, doc.source.name, doc.id)
         return {
-            "document": f"{doc.source.name}:{doc.current_path}",
+            "document": doc.label,
             "key": doc.external_key,
             "title": doc.title,
             "state": doc.state.value,
@@ -151,22 +143,15 @@ def audit_document(config: str, ref: str) -> dict:
 def status(config: str) -> list[dict]:
     """What is in production per live document."""
     rt = runtime(config)
-    return _status(rt)
-
-
-def _status(rt: Runtime) -> list[dict]:
     rows = []
     with rt.sessions() as session:
-        docs = session.scalars(
-            select(Document).where(Document.state != DocumentState.DELETED).order_by(Document.id)
-        ).all()
-        for doc in docs:
+        for doc in queries.live_documents(session):
             model = model_name(rt.kb.name, doc.source.name, doc.id)
             prod = [a for v in doc.versions for a in v.adapters if a.state.value == PRODUCTION]
             last = doc.versions[-1] if doc.versions else None
             rows.append(
                 {
-                    "document": f"{doc.source.name}:{doc.current_path}",
+                    "document": doc.label,
                     "state": doc.state.value,
                     "model": model,
                     "production": prod[-1].model_version if prod else None,

@@ -1,110 +1,57 @@
-"""Turn recorded document versions into adapter folders with the configured generator.
+"""The refresh's `generate` step: turn a recorded document version into an adapter folder.
 
 The key of an adapter is (text sha256, generator fingerprint): a version whose text some adapter of the
-same generator already covers reuses that adapter's files instead of generating again.
+same generator already covers reuses that adapter's files instead of generating again. ``generate_file``
+is the same work for one file outside any knowledge base (`instill generate`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sqlalchemy import select
-
 from tasks.catalog import queries
 from tasks.catalog.db import session_scope
-from tasks.catalog.models import Adapter, DocumentVersion, Hypernet
+from tasks.catalog.models import Adapter, DocumentVersion, Generator
 from tasks.catalog.types import AdapterState
-from tasks.runtime import runtime
-from tasks.settings import GeneratorConfig, Settings
+from tasks.runtime import build_generator, runtime
+from tasks.settings import DEFAULT_BASE_MODEL, GeneratorConfig, Settings
 
 log = logging.getLogger(__name__)
 
 # Hub ids written into adapter_config.json for the embedded aliases, so servers know the base model.
-HUB_IDS = {"smollm2-135m-instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+HUB_IDS = {DEFAULT_BASE_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 
 
 @dataclass(frozen=True)
 class GenerateOutcome:
     version_id: int
-    adapter_id: int | None
+    adapter_id: int | None  # None when generation failed
     document: str
     seconds: float = 0.0
     reused: bool = False
     error: str | None = None
 
 
-def build_generator(settings: Settings, cfg: GeneratorConfig):
-    """Load the base model once and wrap it in the configured generator."""
-    import torch
-
-    from hypernet.base_model import load_base_model
-    from hypernet.generators import make_generator
-
-    if settings.threads > 0:
-        torch.set_num_threads(settings.threads)
-    base = load_base_model(cfg.base_model, settings.models_dir, device=settings.device)
-    return make_generator(cfg.name, base, dict(cfg.options))
-
-
-def ensure_generator_row(config: str) -> int:
-    """The catalog's ``hypernets`` row for the configured generator (created on first use)."""
-    rt = runtime(config)
-    gen = rt.generator()
-    fingerprint = gen.fingerprint()
-    with session_scope(rt.sessions) as session:
-        row = session.scalar(select(Hypernet).where(Hypernet.fingerprint == fingerprint))
-        if row is None:
-            info = gen.describe()
-            row = Hypernet(
-                name=f"{gen.name}:{fingerprint[:12]}",
-                kind=gen.name,
-                fingerprint=fingerprint,
-                base_model_id=info["base_model_id"],
-                base_model_revision=info.get("base_model_revision"),
-                base_model_sha256=info["base_model_sha256"],
-                checkpoint_sha256=info.get("checkpoint_sha256"),
-                config=info.get("config", {}),
-                metrics=info.get("metrics", {}),
-            )
-            session.add(row)
-            session.flush()
-        return row.id
-
-
-def pending_versions(config: str, source_name: str, hypernet_id: int) -> list[int]:
-    rt = runtime(config)
-    with session_scope(rt.sessions) as session:
-        source = queries.source_by_name(session, source_name)
-        return queries.pending_versions(session, source.id, hypernet_id) if source else []
-
-
-def generate_adapter(
-    config: str, version_id: int, hypernet_id: int, flow_run_id: str | None = None
+def generate(
+    config: str, version_id: int, generator_id: int, flow_run_id: str | None = None
 ) -> GenerateOutcome:
     """Generate (or reuse) the adapter for one document version and record it as a candidate."""
     rt = runtime(config)
     with session_scope(rt.sessions) as session:
         version = session.get(DocumentVersion, version_id)
-        document = f"{version.document.source.name}:{version.document.current_path}"
-        same_text = queries.adapter_for_text(session, version.text_sha256, hypernet_id)
+        document = version.document.label
+        same_text = queries.adapter_for_text(session, version.text_sha256, generator_id)
         if same_text is not None:
-            adapter = _adapter_row(
-                version_id,
-                hypernet_id,
-                same_text.adapter_sha256,
-                same_text.store_uri,
-                same_text.rank,
-                same_text.targets,
-                flow_run_id,
-            )
+            adapter = _adapter_row(version_id, generator_id, same_text, flow_run_id)
             session.add(adapter)
             session.flush()
             return GenerateOutcome(version_id, adapter.id, document, reused=True)
-        lineage = _lineage(version, session.get(Hypernet, hypernet_id))
+        lineage = _catalog_lineage(version, session.get(Generator, generator_id))
         text_uri = version.text_uri
     text = rt.store.get_bytes(text_uri).decode("utf-8")
     gen = rt.generator()
@@ -114,57 +61,83 @@ def generate_adapter(
     except Exception as exc:  # one document's failure must not stop the others
         log.error("%s: generation failed: %s", document, exc)
         return GenerateOutcome(version_id, None, document, error=f"generation failed: {exc}")
-    uri, sha = _store_adapter(rt, result.weights, gen, lineage | {"generation": result.metrics})
+    with tempfile.TemporaryDirectory(dir=rt.store.root) as tmp:
+        folder = Path(tmp) / "adapter"
+        sha = _save(result, gen, folder, lineage)
+        uri = rt.store.put_dir(folder, "adapters", sha)
     with session_scope(rt.sessions) as session:
-        adapter = _adapter_row(
-            version_id, hypernet_id, sha, uri, result.weights.rank, result.weights.target_names, flow_run_id
-        )
+        stored = StoredAdapter(sha, uri, result.weights.rank, list(result.weights.target_names))
+        adapter = _adapter_row(version_id, generator_id, stored, flow_run_id)
         session.add(adapter)
         session.flush()
         return GenerateOutcome(version_id, adapter.id, document, seconds=result.seconds)
 
 
-def _store_adapter(rt, weights, gen, lineage: dict) -> tuple[str, str]:
-    from hypernet.adapter import save_adapter
+@dataclass(frozen=True)
+class StoredAdapter:
+    """An adapter folder in the store: what an ``adapters`` row says about its files."""
 
-    base_id = gen.describe()["base_model_id"]
-    with tempfile.TemporaryDirectory(dir=rt.store.root) as tmp:
-        folder = Path(tmp) / "adapter"
-        sha = save_adapter(weights, folder, HUB_IDS.get(base_id, base_id), lineage)
-        uri = rt.store.put_dir(folder, "adapters", sha)
-    return uri, sha
+    adapter_sha256: str
+    store_uri: str
+    rank: int
+    targets: list[str]
 
 
-def _adapter_row(version_id, hypernet_id, sha, uri, rank, targets, flow_run_id) -> Adapter:
+def _adapter_row(
+    version_id: int, generator_id: int, files: StoredAdapter | Adapter, flow_run_id: str | None
+) -> Adapter:
+    """A new candidate row for ``version_id`` holding ``files`` (a new folder, or a reused adapter's)."""
     return Adapter(
         document_version_id=version_id,
-        hypernet_id=hypernet_id,
-        adapter_sha256=sha,
-        store_uri=uri,
-        rank=rank,
-        targets=list(targets),
+        generator_id=generator_id,
+        adapter_sha256=files.adapter_sha256,
+        store_uri=files.store_uri,
+        rank=files.rank,
+        targets=list(files.targets),
         state=AdapterState.CANDIDATE,
         flow_run_id=flow_run_id,
     )
 
 
-def _lineage(version: DocumentVersion, hypernet: Hypernet) -> dict:
-    doc = version.document
+def _save(result, gen, folder: Path, lineage: dict) -> str:
+    """Write the adapter folder (PEFT layout + ``instill.json``); returns its sha256."""
+    from hypernet.adapter import save_adapter
+
+    base_id = gen.describe()["base_model_id"]
+    lineage = lineage | {"generation": result.metrics}
+    return save_adapter(result.weights, folder, HUB_IDS.get(base_id, base_id), lineage)
+
+
+def _lineage(document: dict, hashes: dict, generator: dict, base_model: dict) -> dict:
+    """The ``instill.json`` sidecar: where the adapter came from. QA verdicts are not in it: they live
+    in the catalog and on the registry version, as a stored folder is never written again."""
+    created_at = datetime.now(UTC).isoformat(timespec="seconds")
     return {
-        "document": {"id": doc.id, "source": doc.source.name, "key": doc.external_key, "path": version.path},
-        "source_revision": version.source_revision,
-        "raw_sha256": version.raw_sha256,
-        "text_sha256": version.text_sha256,
-        "parser": f"{version.parser} {version.parser_version}",
-        "generator": {
-            "kind": hypernet.kind,
-            "fingerprint": hypernet.fingerprint,
-            "checkpoint_sha256": hypernet.checkpoint_sha256,
-        },
-        "base_model": {"id": hypernet.base_model_id, "sha256": hypernet.base_model_sha256},
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "qa": None,
+        "document": document,
+        **hashes,
+        "generator": generator,
+        "base_model": base_model,
+        "created_at": created_at,
     }
+
+
+def _catalog_lineage(version: DocumentVersion, generator: Generator) -> dict:
+    doc = version.document
+    return _lineage(
+        {"id": doc.id, "source": doc.source.name, "key": doc.external_key, "path": version.path},
+        {
+            "source_revision": version.source_revision,
+            "raw_sha256": version.raw_sha256,
+            "text_sha256": version.text_sha256,
+            "parser": f"{version.parser} {version.parser_version}",
+        },
+        {
+            "kind": generator.kind,
+            "fingerprint": generator.fingerprint,
+            "checkpoint_sha256": generator.checkpoint_sha256,
+        },
+        {"id": generator.base_model_id, "sha256": generator.base_model_sha256},
+    )
 
 
 def _progress_logger(document: str):
@@ -177,9 +150,6 @@ def _progress_logger(document: str):
 
 def generate_file(settings: Settings, cfg: GeneratorConfig, doc_file: Path, out_dir: Path) -> dict:
     """`instill generate`: one file straight to an adapter folder, outside any knowledge base."""
-    import hashlib
-
-    from hypernet.adapter import save_adapter
     from tasks.parse import parse_document
 
     data = doc_file.read_bytes()
@@ -187,21 +157,19 @@ def generate_file(settings: Settings, cfg: GeneratorConfig, doc_file: Path, out_
     gen = build_generator(settings, cfg)
     info = gen.describe()
     result = gen.generate(parsed.text, progress=_progress_logger(doc_file.name))
-    lineage = {
-        "document": {"path": str(doc_file.resolve())},
-        "raw_sha256": hashlib.sha256(data).hexdigest(),
-        "text_sha256": parsed.text_sha256,
-        "parser": f"{parsed.parser} {parsed.parser_version}",
-        "generator": {
+    lineage = _lineage(
+        {"path": str(doc_file.resolve())},
+        {
+            "raw_sha256": hashlib.sha256(data).hexdigest(),
+            "text_sha256": parsed.text_sha256,
+            "parser": f"{parsed.parser} {parsed.parser_version}",
+        },
+        {
             "kind": gen.name,
             "fingerprint": gen.fingerprint(),
             "checkpoint_sha256": info.get("checkpoint_sha256"),
         },
-        "base_model": {"id": info["base_model_id"], "sha256": info["base_model_sha256"]},
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "generation": result.metrics,
-        "qa": None,
-    }
-    base_id = info["base_model_id"]
-    sha = save_adapter(result.weights, out_dir, HUB_IDS.get(base_id, base_id), lineage)
+        {"id": info["base_model_id"], "sha256": info["base_model_sha256"]},
+    )
+    sha = _save(result, gen, out_dir, lineage)
     return {"generator": gen.name, "seconds": result.seconds, "adapter_sha256": sha}

@@ -12,7 +12,7 @@ Four gates (thresholds in ``instill.yaml`` under ``gates:``, see ``GatesConfig``
   be worse than the previous adapter by more than ``regression_tolerance`` nats.
 
 Probes are the user's ``NAME.qa.yaml`` beside the document plus automatic probes from its sentences. The
-measurements are ``hypernet.evaluate``'s; this module only chooses probes, applies thresholds and returns
+measurements are ``hypernet.metrics``'s; this module only chooses probes, applies thresholds and returns
 a ``GateReport`` whose ``rows()`` match the catalog's ``qa_results`` columns.
 """
 
@@ -69,15 +69,11 @@ _QA_FILE = TypeAdapter(list[_QAItem])
 
 @dataclass(frozen=True)
 class PreviousAdapter:
-    """The adapter a new one replaces, with the text it was made from (for the regression gate).
-
-    ``qa_probes`` are the previous revision's ``NAME.qa.yaml`` probes, when the caller has them; the
-    previous text's automatic probes are drawn here.
-    """
+    """The adapter a new one replaces, with the text it was made from (for the regression gate; the
+    previous text's automatic probes are drawn here)."""
 
     weights: LoraWeights
     text: str
-    qa_probes: tuple[Probe, ...] = ()
 
 
 @dataclass
@@ -151,21 +147,6 @@ class GateReport:
             for g in self.gates
             for m in g.metrics
         ]
-
-    def metrics(self) -> dict[str, float]:
-        """Finite values as ``qa.<suite>.<metric>``, for MLflow."""
-        return {f"qa.{r['suite']}.{r['metric']}": r["value"] for r in self.rows() if r["value"] is not None}
-
-    def to_dict(self) -> dict[str, Any]:
-        """The verdict for the adapter's lineage sidecar."""
-        return {
-            "passed": self.passed,
-            "disabled": self.disabled,
-            "suite_version": self.suite_version,
-            "seconds": round(self.seconds, 3),
-            "failures": self.failures(),
-            "gates": {g.suite: {"passed": g.passed, "skipped": g.skipped} for g in self.gates},
-        }
 
 
 def qa_path_for(document: Path) -> Path:
@@ -252,7 +233,7 @@ def run_gates(
         _timed(KNOWLEDGE, lambda: _knowledge(scorer, list(probes), cfg)),
         _timed(SPECIFICITY, lambda: _specificity(scorer, list(probes), other_probes, cfg)),
         _timed(PRESERVATION, lambda: _preservation(scorer, cfg)),
-        _timed(REGRESSION, lambda: _regression(scorer, text, list(probes), previous, cfg)),
+        _timed(REGRESSION, lambda: _regression(scorer, text, previous, cfg)),
     ]
     return GateReport(cfg.suite_version, gates, time.perf_counter() - start)
 
@@ -407,13 +388,11 @@ def _preservation(scorer: _Scorer, cfg: GatesConfig) -> GateResult:
     )
 
 
-def _regression(
-    scorer: _Scorer, text: str, probes: list[Probe], previous: PreviousAdapter | None, cfg: GatesConfig
-) -> GateResult:
+def _regression(scorer: _Scorer, text: str, previous: PreviousAdapter | None, cfg: GatesConfig) -> GateResult:
     tolerance = cfg.regression_tolerance
     if previous is None:
         return _skipped(REGRESSION, "mean_increase", tolerance, "no previous adapter for this document")
-    kept = unchanged_probes(previous, text, probes, cfg)
+    kept = unchanged_probes(previous, text, cfg)
     if not kept:
         reason = "no probe of the previous revision is unchanged in this one"
         return _skipped(REGRESSION, "mean_increase", tolerance, reason)
@@ -435,15 +414,11 @@ def _regression(
     )
 
 
-def unchanged_probes(
-    previous: PreviousAdapter, text: str, probes: Sequence[Probe], cfg: GatesConfig
-) -> list[Probe]:
-    """Probes of the previous revision whose answers still hold: its qa probes that the current probes
-    repeat word for word, and its automatic probes whose sentence appears verbatim in the new text."""
-    current = set(probes)
+def unchanged_probes(previous: PreviousAdapter, text: str, cfg: GatesConfig) -> list[Probe]:
+    """Automatic probes of the previous revision whose sentence appears verbatim in the new text, so
+    their answers still hold."""
     flat = " " + " ".join(context_part(text, cfg.max_context_words).split()) + " "
-    kept = [p for p in previous.qa_probes if p in current]
-    kept += [p for p in auto_probes(previous.text, cfg) if f" {_sentence_of(p)} " in flat]
+    kept = [p for p in auto_probes(previous.text, cfg) if f" {_sentence_of(p)} " in flat]
     return list(dict.fromkeys(kept))
 
 

@@ -1,7 +1,7 @@
 """The MLflow model registry as instill uses it: one registered model per document, aliases for releases.
 
-Adapters are logged as plain artifacts (not through a flavour: research/feasibility.md §4 shows the
-transformers flavour corrupting PEFT models), and registered from the run's artifact URI. Registration is
+Adapters are logged as plain artifacts, not through a model flavour, so the registered files are the PEFT
+folder exactly as stored; versions are registered from the run's artifact URI. Registration is
 idempotent: a version tagged with the same adapter sha256 is found and reused, so a crash between the
 registry and the catalog never leaves a duplicate. MLflow keeps no history of alias moves; callers record
 each move in the catalog's ``alias_events``.
@@ -140,13 +140,6 @@ class Registry:
         if before is not None:
             self.client.delete_registered_model_alias(model, alias)
         return before
-
-    def set_version_tag(self, model: str, version: str, key: str, value: str) -> None:
-        self.client.set_model_version_tag(model, str(version), key, value)
-
-    def log_metrics(self, run_id: str, metrics: dict[str, float]) -> None:
-        for key, value in metrics.items():
-            self.client.log_metric(run_id, key, float(value))
 
     def _model_exists(self, model: str) -> bool:
         try:

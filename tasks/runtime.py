@@ -1,8 +1,8 @@
-"""The handles a refresh needs (catalog sessions, store, registry, generator), built once per process.
+"""The handles a refresh needs (settings, catalog, store, registry, generator), built once per process.
 
 Tasks receive the config path and ids, never these objects: ``runtime(config)`` hands every task in the
 same process the same handles, so the base model is loaded once per run and nothing heavy crosses a task
-boundary.
+boundary. This module is also the one place that builds a generator (``build_generator``).
 """
 
 from __future__ import annotations
@@ -11,15 +11,47 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.catalog import db
-from tasks.settings import KnowledgeBase, Settings, apply_runtime_env, load_knowledge_base
+from tasks.settings import (
+    GeneratorConfig,
+    KnowledgeBase,
+    Settings,
+    SourceConfig,
+    apply_runtime_env,
+    load_knowledge_base,
+)
 from tasks.store import LocalStore
 
+if TYPE_CHECKING:  # mlflow and torch cost seconds to import: both load on first use
+    from hypernet.generators import Generator
+    from tasks.registry import Registry
+
 log = logging.getLogger(__name__)
+
+
+def load_base(settings: Settings, spec: str, *, device: str | None = None, threads: int | None = None):
+    """The base model ``spec`` (an alias or a local HF folder) from the settings' model cache; ``threads``
+    (default: the settings') sets torch's CPU threads first."""
+    import torch
+
+    from hypernet.base_model import load_base_model
+
+    threads = settings.threads if threads is None else threads
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return load_base_model(spec, settings.models_dir, device=device or settings.device)
+
+
+def build_generator(settings: Settings, cfg: GeneratorConfig) -> Generator:
+    """Load the base model once and wrap it in the configured generator."""
+    from hypernet.generators import make_generator
+
+    return make_generator(cfg.name, load_base(settings, cfg.base_model), dict(cfg.options))
 
 
 @dataclass
@@ -28,25 +60,27 @@ class Runtime:
     kb: KnowledgeBase
     sessions: sessionmaker[Session]
     store: LocalStore
-    _registry: Any = None
-    _generator: Any = None
+    _registry: Registry | None = None
+    _generator: Generator | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
-    def registry(self):  # -> tasks.registry.Registry (imported lazily: mlflow costs seconds)
+    def registry(self) -> Registry:
         if self._registry is None:
             from tasks.registry import Registry
 
             self._registry = Registry(self.settings.tracking_uri, self.settings.artifact_root, self.kb.name)
         return self._registry
 
-    def generator(self):  # -> hypernet.generators.Generator
+    def generator(self) -> Generator:
         with self._lock:
             if self._generator is None:
-                from tasks.generate import build_generator
-
                 self._generator = build_generator(self.settings, self.kb.generator)
             return self._generator
+
+    def source_config(self, name: str) -> SourceConfig:
+        """The configuration of the source called ``name``."""
+        return next(s for s in self.kb.sources if s.name == name)
 
 
 _RUNTIMES: dict[Path, Runtime] = {}
@@ -74,18 +108,11 @@ def prepare_catalog(url: str) -> None:
     if url.startswith("sqlite"):
         db.upgrade(url)
         return
-    from tasks.catalog.db import current_revision, head_revision
-
-    if current_revision(url) != head_revision():
+    if db.current_revision(url) != db.head_revision():
+        shown = make_url(url).render_as_string(hide_password=True)
         raise CatalogNotReady(
-            f"the catalog at {_redact(url)} is not at the latest migration: run `instill db upgrade`"
+            f"the catalog at {shown} is not at the latest migration: run `instill db upgrade`"
         )
-
-
-def _redact(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
 
 
 def forget_runtimes() -> None:

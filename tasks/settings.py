@@ -24,6 +24,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from tasks.sources.base import redact
+
 DEFAULT_CONFIG = Path("instill.yaml")
 DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe in MLflow model names and file names
@@ -43,6 +45,11 @@ class LocalSourceConfig(_Strict):
     path: Path
     include: list[str] | None = None
 
+    @property
+    def uri(self) -> str:
+        """Where the source reads from, for the catalog."""
+        return self.path.as_uri()
+
 
 class GitSourceConfig(_Strict):
     kind: Literal["git"]
@@ -51,6 +58,11 @@ class GitSourceConfig(_Strict):
     branch: str = "main"
     subdir: str = ""
     include: list[str] | None = None
+
+    @property
+    def uri(self) -> str:
+        """Where the source reads from, for the catalog (never with credentials)."""
+        return redact(self.url)
 
 
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
@@ -72,6 +84,13 @@ class S3SourceConfig(_Strict):
     max_bytes: int = Field(default=50 * 2**20, gt=0)  # larger objects are refused, per document
     page_size: int = Field(default=1000, ge=1, le=1000)
     retries: int = Field(default=4, ge=0)
+
+    @property
+    def uri(self) -> str:
+        """Where the source reads from, for the catalog (never with credentials)."""
+        if self.endpoint_url:
+            return f"{redact(self.endpoint_url).rstrip('/')}/{self.bucket}/{self.prefix}"
+        return f"s3://{self.bucket}/{self.prefix}"
 
     @model_validator(mode="after")
     def _key_pair(self) -> S3SourceConfig:
@@ -95,6 +114,11 @@ class MediaWikiSourceConfig(_Strict):
     backoff_s: float = Field(default=1.0, ge=0)  # first retry delay; doubles, capped by max_backoff_s
     max_backoff_s: float = Field(default=30.0, ge=0)
     rc_max_age_days: float = Field(default=90.0, gt=1)  # the wiki's $wgRCMaxAge
+
+    @property
+    def uri(self) -> str:
+        """Where the source reads from, for the catalog (never with credentials)."""
+        return redact(self.api_url)
 
     @model_validator(mode="after")
     def _login_pair(self) -> MediaWikiSourceConfig:
@@ -247,11 +271,6 @@ def _resolve_paths(kb: KnowledgeBase, base: Path) -> KnowledgeBase:
             if not local.is_absolute() and (base / local).exists():
                 source.url = str((base / local).resolve())
     return kb
-
-
-def load_settings(config: Path | None = None) -> tuple[Settings, KnowledgeBase]:
-    settings = Settings() if config is None else Settings(config=config)
-    return settings, load_knowledge_base(settings.config)
 
 
 # Variables that keep every run offline and quiet; set before Prefect, MLflow or unstructured import.

@@ -1,6 +1,6 @@
 """The catalog tables: lineage from each adapter back to the document revision that produced it.
 
-sources -> documents -> document_versions -> adapters <- hypernets; adapters -> qa_results; alias moves in
+sources -> documents -> document_versions -> adapters <- generators; adapters -> qa_results; alias moves in
 alias_events; one refresh_runs row per refresh of a source. Every document and adapter change is a new row
 (versions, events, results), so the history is never overwritten.
 """
@@ -33,7 +33,9 @@ class Source(Base):
     kind: Mapped[str]  # local | git | s3 | mediawiki
     uri: Mapped[str]
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    cursor: Mapped[str | None]  # advanced only after every change it covers is recorded
+    # The connector's typed cursor as JSON (tasks.sources.base.Cursor); moved only once every change it
+    # covers is recorded.
+    cursor: Mapped[str | None]
     created_at: Mapped[created_at]
     updated_at: Mapped[updated_at]
 
@@ -63,6 +65,11 @@ class Document(Base):
         back_populates="document", order_by="DocumentVersion.id"
     )
 
+    @property
+    def label(self) -> str:
+        """``SOURCE:PATH``, how the CLI, the logs and the summaries name a document."""
+        return f"{self.source.name}:{self.current_path}"
+
 
 class DocumentVersion(Base):
     __tablename__ = "document_versions"
@@ -71,7 +78,7 @@ class DocumentVersion(Base):
     document_id: Mapped[int] = mapped_column(ForeignKey("documents.id"), index=True)
     source_revision: Mapped[str]  # blob id, object version id / checksum, wiki revid, content sha256
     raw_sha256: Mapped[sha256 | None]  # None when the bytes could not be fetched (refused, too large)
-    # Half of an adapter's cache key (with the hypernet fingerprint), hence the index.
+    # Half of an adapter's cache key (with the generator fingerprint), hence the index.
     text_sha256: Mapped[sha256 | None] = mapped_column(index=True)
     parser: Mapped[str | None]
     parser_version: Mapped[str | None]
@@ -88,10 +95,11 @@ class DocumentVersion(Base):
     adapters: Mapped[list[Adapter]] = relationship(back_populates="document_version", order_by="Adapter.id")
 
 
-class Hypernet(Base):
-    """One adapter generator, identified by its fingerprint (weights + base model + config)."""
+class Generator(Base):
+    """One adapter generator (cd, hypernet, hypernet+cd), identified by its fingerprint (weights + base
+    model + config)."""
 
-    __tablename__ = "hypernets"
+    __tablename__ = "generators"
 
     id: Mapped[intpk]
     name: Mapped[str]
@@ -105,19 +113,19 @@ class Hypernet(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[created_at]
 
-    adapters: Mapped[list[Adapter]] = relationship(back_populates="hypernet", order_by="Adapter.id")
+    adapters: Mapped[list[Adapter]] = relationship(back_populates="generator", order_by="Adapter.id")
 
 
 class Adapter(Base):
     __tablename__ = "adapters"
     __table_args__ = (
-        Index(None, "document_version_id", "hypernet_id"),
+        Index(None, "document_version_id", "generator_id"),
         Index(None, "registered_model", "model_version"),  # audit looks adapters up by NAME@VERSION
     )
 
     id: Mapped[intpk]
     document_version_id: Mapped[int] = mapped_column(ForeignKey("document_versions.id"))
-    hypernet_id: Mapped[int] = mapped_column(ForeignKey("hypernets.id"), index=True)
+    generator_id: Mapped[int] = mapped_column(ForeignKey("generators.id"), index=True)
     adapter_sha256: Mapped[sha256] = mapped_column(index=True)
     store_uri: Mapped[str]
     rank: Mapped[int]
@@ -132,7 +140,7 @@ class Adapter(Base):
     updated_at: Mapped[updated_at]
 
     document_version: Mapped[DocumentVersion] = relationship(back_populates="adapters")
-    hypernet: Mapped[Hypernet] = relationship(back_populates="adapters")
+    generator: Mapped[Generator] = relationship(back_populates="adapters")
     qa_results: Mapped[list[QAResult]] = relationship(back_populates="adapter", order_by="QAResult.id")
 
 

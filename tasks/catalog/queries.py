@@ -1,11 +1,11 @@
-"""Read queries the pipeline asks of the catalog; writes stay with the step that owns them."""
+"""Every query the pipeline and the operations ask of the catalog; writes stay with the steps."""
 
 from __future__ import annotations
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session, aliased
 
-from tasks.catalog.models import Adapter, AliasEvent, Document, DocumentVersion, Source
+from tasks.catalog.models import Adapter, AliasEvent, Document, DocumentVersion, Generator, Source
 from tasks.catalog.types import AdapterState, DocumentState
 from tasks.sources.base import KnownDocument
 
@@ -14,6 +14,10 @@ LIVE_DOCUMENT_STATES = (DocumentState.ACTIVE, DocumentState.FAILED)
 
 def source_by_name(session: Session, name: str) -> Source | None:
     return session.scalar(select(Source).where(Source.name == name))
+
+
+def generator_by_fingerprint(session: Session, fingerprint: str) -> Generator | None:
+    return session.scalar(select(Generator).where(Generator.fingerprint == fingerprint))
 
 
 def latest_version(session: Session, document_id: int) -> DocumentVersion | None:
@@ -57,14 +61,50 @@ def document_at(session: Session, source_id: int, path: str) -> Document | None:
     return (live or docs or [None])[0]
 
 
-def adapter_for_text(session: Session, text_sha256: str, hypernet_id: int) -> Adapter | None:
+def document_by_key(session: Session, source_id: int, key: str) -> Document | None:
+    """The document whose stable external key is ``key`` (its first path, object key or page id)."""
+    return session.scalar(
+        select(Document).where(Document.source_id == source_id, Document.external_key == key)
+    )
+
+
+def lock_document(session: Session, document_id: int) -> Document:
+    """The document's row, locked until the transaction ends (``FOR UPDATE``; a no-op on SQLite, whose
+    ``BEGIN IMMEDIATE`` already holds the write lock)."""
+    return session.scalar(select(Document).where(Document.id == document_id).with_for_update())
+
+
+def live_documents(session: Session) -> list[Document]:
+    """Every document not deleted, of every source, oldest first."""
+    return list(
+        session.scalars(select(Document).where(Document.state != DocumentState.DELETED).order_by(Document.id))
+    )
+
+
+def other_document_version(session: Session, document: Document) -> DocumentVersion | None:
+    """The newest parsed version of another live document with other text (the specificity gate's foil)."""
+    return session.scalar(
+        select(DocumentVersion)
+        .join(Document, Document.id == DocumentVersion.document_id)
+        .where(
+            Document.id != document.id,
+            Document.state == DocumentState.ACTIVE,
+            DocumentVersion.text_uri.is_not(None),
+            DocumentVersion.text_sha256 != document.versions[-1].text_sha256,
+        )
+        .order_by(DocumentVersion.id.desc())
+        .limit(1)
+    )
+
+
+def adapter_for_text(session: Session, text_sha256: str, generator_id: int) -> Adapter | None:
     """An adapter already generated from exactly this text by exactly this generator (any document)."""
     return session.scalar(
         select(Adapter)
         .join(DocumentVersion, DocumentVersion.id == Adapter.document_version_id)
         .where(
             DocumentVersion.text_sha256 == text_sha256,
-            Adapter.hypernet_id == hypernet_id,
+            Adapter.generator_id == generator_id,
             Adapter.state != AdapterState.FAILED,
         )
         .order_by(Adapter.id)
@@ -72,7 +112,7 @@ def adapter_for_text(session: Session, text_sha256: str, hypernet_id: int) -> Ad
     )
 
 
-def pending_versions(session: Session, source_id: int, hypernet_id: int) -> list[int]:
+def pending_versions(session: Session, source_id: int, generator_id: int) -> list[int]:
     """Latest parsed versions of live documents with no adapter for their text under this generator.
 
     Computed from the catalog rather than from this run's changes, so work that a crashed run left
@@ -86,7 +126,7 @@ def pending_versions(session: Session, source_id: int, hypernet_id: int) -> list
         .where(
             same_doc_version.document_id == DocumentVersion.document_id,
             same_doc_version.text_sha256 == DocumentVersion.text_sha256,
-            Adapter.hypernet_id == hypernet_id,
+            Adapter.generator_id == generator_id,
             # A retired adapter does not cover the text (a restored or reverted document needs its adapter
             # back); a failed one does: the same text and generator would fail the same gates again.
             Adapter.state != AdapterState.RETIRED,
@@ -119,6 +159,15 @@ def document_adapters_of_source(
             .order_by(Adapter.id)
         )
     )
+
+
+def ungated_adapters(session: Session, source_id: int) -> list[int]:
+    """New adapters of the live documents of a source that have no QA verdict yet."""
+    return [
+        a.id
+        for a in document_adapters_of_source(session, source_id, (AdapterState.CANDIDATE,))
+        if a.model_version is None and not a.qa_results
+    ]
 
 
 def unregistered_adapters(session: Session, source_id: int) -> list[int]:
@@ -181,3 +230,39 @@ def last_alias_target(session: Session, model: str, alias: str) -> str | None:
         .limit(1)
     )
     return event.to_version if event else None
+
+
+def alias_events(
+    session: Session, model: str, *, alias: str | None = None, version: str | None = None
+) -> list[AliasEvent]:
+    """The alias moves of ``model``, oldest first; only ``alias``'s, or only those to or from ``version``."""
+    query = select(AliasEvent).where(AliasEvent.registered_model == model)
+    if alias is not None:
+        query = query.where(AliasEvent.alias == alias)
+    if version is not None:
+        query = query.where(or_(AliasEvent.to_version == version, AliasEvent.from_version == version))
+    return list(session.scalars(query.order_by(AliasEvent.id)))
+
+
+def adapter_registered_as(
+    session: Session, model: str, version: str, *, newest: bool = True
+) -> Adapter | None:
+    """The adapter registered as ``model`` version ``version``; reuse can give several rows one version
+    (a reverted document), hence the choice of the newest or the oldest."""
+    return session.scalar(
+        select(Adapter)
+        .where(Adapter.registered_model == model, Adapter.model_version == str(version))
+        .order_by(Adapter.id.desc() if newest else Adapter.id)
+        .limit(1)
+    )
+
+
+def production_adapters(session: Session) -> list[Adapter]:
+    """Every adapter in production, by registered model name."""
+    return list(
+        session.scalars(
+            select(Adapter)
+            .where(Adapter.state == AdapterState.PRODUCTION)
+            .order_by(Adapter.registered_model, Adapter.id)
+        )
+    )

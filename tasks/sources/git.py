@@ -1,8 +1,8 @@
 """Git source: the documents of one branch, read from a bare mirror kept under a work directory.
 
-The cursor is the commit last processed; a document's revision is its blob id. Changes come from a
-tree diff with rename detection between the cursor and the branch head, or from comparing the head
-tree with the catalog when there is no usable cursor.
+The cursor is the commit last processed (``GitCursor``); a document's revision is its blob id. Changes
+come from a tree diff with rename detection between the cursor and the branch head, or from comparing
+the head tree with the catalog when there is no usable cursor.
 """
 
 from __future__ import annotations
@@ -15,10 +15,25 @@ import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
-from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, SourceError, redact
-from tasks.sources.local import DocumentFetchError, compare_with_known, is_selected, sort_changes
+from tasks.sources.base import (
+    Change,
+    ChangeKind,
+    ChangeSet,
+    Cursor,
+    DocumentFetchError,
+    KnownDocument,
+    Source,
+    SourceError,
+    compare_with_known,
+    is_selected,
+    redact,
+    sort_changes,
+)
+
+if TYPE_CHECKING:
+    from tasks.settings import GitSourceConfig, Settings
 
 _OBJECT_ID = re.compile(r"(?:[0-9a-f]{40}|[0-9a-f]{64})\Z")
 _FILE_MODES = ("100644", "100755")  # symlinks (120000) and submodules (160000) are not documents
@@ -29,6 +44,13 @@ def _git_env() -> dict[str, str]:
     # Never wait for a password: a missing credential must fail, not hang a scheduled run.
     env.setdefault("GIT_SSH_COMMAND", "ssh -o BatchMode=yes")
     return env
+
+
+@dataclass(frozen=True)
+class GitCursor(Cursor):
+    """The commit of the branch last processed."""
+
+    commit: str
 
 
 @dataclass(frozen=True)
@@ -86,7 +108,7 @@ def reconcile(changes: list[Change], known: Mapping[str, KnownDocument]) -> list
 
 
 @dataclass
-class GitSource:
+class GitSource(Source):
     """Documents of ``branch`` of the repository at ``url`` (a local path, file://, git:// or http(s) URL).
 
     Keys are POSIX paths from the repository root, limited to ``subdir`` and the ``include`` globs.
@@ -102,6 +124,18 @@ class GitSource:
     workdir: Path = field(kw_only=True)
     timeout_s: float = field(default=600.0, kw_only=True)
     kind: ClassVar[str] = "git"
+    cursor_type: ClassVar[type[Cursor] | None] = GitCursor
+
+    @classmethod
+    def from_config(cls, cfg: GitSourceConfig, settings: Settings) -> GitSource:
+        return cls(
+            cfg.name,
+            cfg.url,
+            branch=cfg.branch,
+            subdir=cfg.subdir,
+            include=cfg.include,
+            workdir=settings.git_dir,
+        )
 
     @property
     def display_url(self) -> str:
@@ -112,28 +146,29 @@ class GitSource:
         digest = hashlib.sha256(self.display_url.encode()).hexdigest()[:16]
         return Path(self.workdir) / f"{digest}.git"
 
-    def changes(self, cursor: str | None, known: Mapping[str, KnownDocument]) -> ChangeSet:
+    def changes(self, cursor: GitCursor | None, known: Mapping[str, KnownDocument]) -> ChangeSet:
         self._sync()
         head = self._head()
-        if cursor == head:
-            return ChangeSet([], cursor=head)
+        if cursor is not None and cursor.commit == head:
+            return ChangeSet([], cursor=cursor)
         warnings: list[str] = []
-        if cursor is not None and self._has_commit(cursor):
-            if not self._is_ancestor(cursor, head):
+        last = cursor.commit if cursor else None
+        if last is not None and self._has_commit(last):
+            if not self._is_ancestor(last, head):
                 warnings.append(
                     f"git source {self.name!r}: branch {self.branch!r} was rewritten (the last processed "
-                    f"commit {cursor} is not an ancestor of {head}); changes are the difference of the trees."
+                    f"commit {last} is not an ancestor of {head}); changes are the difference of the trees."
                 )
-            changes = reconcile(self._diff(cursor, head), known)
+            changes = reconcile(self._diff(last, head), known)
         else:
-            if cursor is not None:
+            if last is not None:
                 warnings.append(
-                    f"git source {self.name!r}: the last processed commit {cursor} is no longer in "
+                    f"git source {self.name!r}: the last processed commit {last} is no longer in "
                     f"{self.display_url} (history rewritten or garbage-collected); compared the whole tree "
                     f"of {self.branch!r} at {head} with the catalog instead."
                 )
             changes = compare_with_known(self._tree(head), known, lambda d: d.revision)
-        return ChangeSet(sort_changes(changes), cursor=head, warnings=warnings)
+        return ChangeSet(sort_changes(changes), cursor=GitCursor(head), warnings=warnings)
 
     def fetch(self, change: Change) -> bytes:
         if change.revision is None or not _OBJECT_ID.match(change.revision):

@@ -1,134 +1,30 @@
-"""Local folder source: the documents are the files under one directory, versioned by sha256 of their bytes.
-
-Also holds the helpers the file-tree sources share (path selection, the full comparison with the catalog,
-rename pairing, change ordering) and the per-document fetch errors.
-"""
+"""Local folder source: the files under one directory, versioned by the sha256 of their bytes."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
-import re
 import stat
-from collections import defaultdict
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from tasks.sources.base import (
     Change,
-    ChangeKind,
     ChangeSet,
     DocumentFetchError,
     KnownDocument,
+    Source,
     SourceError,
-    is_document,
+    StaleRevisionError,
+    compare_with_known,
+    is_selected,
+    sort_changes,
 )
 
-_KIND_ORDER = {kind: i for i, kind in enumerate(ChangeKind)}
-
-
-class StaleRevisionError(DocumentFetchError):
-    """The document's bytes changed between ``changes()`` and ``fetch()``."""
-
-
-@functools.lru_cache(maxsize=256)
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a glob matched against a whole POSIX path.
-
-    ``*`` and ``?`` stay inside one path component, ``**/`` matches zero or more directories and a
-    trailing ``**`` anything below. Brackets are literal.
-    """
-    parts: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            parts.append("(?:.*/)?")
-            i += 3
-        elif pattern.startswith("**", i):
-            parts.append(".*")
-            i += 2
-        elif pattern[i] == "*":
-            parts.append("[^/]*")
-            i += 1
-        elif pattern[i] == "?":
-            parts.append("[^/]")
-            i += 1
-        else:
-            parts.append(re.escape(pattern[i]))
-            i += 1
-    return re.compile("".join(parts) + r"\Z", re.DOTALL)
-
-
-def is_selected(path: str, include: Iterable[str] | None = None, prefix: str = "") -> bool:
-    """Whether a POSIX path is a document of a source with these ``include`` globs and ``prefix`` folder.
-
-    Paths with a hidden component (``.git/``, ``.github/``, editor ``.#x.md`` files) never are: both
-    sources skip them so that a folder and its Git repository hold the same documents.
-    """
-    if prefix and not path.startswith(prefix.rstrip("/") + "/"):
-        return False
-    if any(part.startswith(".") for part in path.split("/")) or not is_document(path):
-        return False
-    patterns = list(include or ())
-    return not patterns or any(glob_regex(p).match(path) for p in patterns)
-
-
-def pair_renames(
-    added: Mapping[str, str], deleted: Mapping[str, str]
-) -> tuple[list[Change], dict[str, str], dict[str, str]]:
-    """Pair added paths with deleted paths of the same content id into renames.
-
-    ``added`` maps a new path to its revision, ``deleted`` an old path to its content id; an added
-    revision equal to a deleted content id is a rename. Several candidates pair one-to-one in sorted
-    path order, so reruns give the same answer. Returns (renames, unpaired added, unpaired deleted).
-    """
-    olds_by_id: dict[str, list[str]] = defaultdict(list)
-    for old in sorted(deleted):
-        olds_by_id[deleted[old]].append(old)
-    renames: list[Change] = []
-    for new in sorted(added):
-        olds = olds_by_id.get(added[new])
-        if olds:
-            renames.append(Change(ChangeKind.RENAMED, new, added[new], old_key=olds.pop(0)))
-    paired_new = {c.key for c in renames}
-    paired_old = {c.old_key for c in renames}
-    return (
-        renames,
-        {p: r for p, r in added.items() if p not in paired_new},
-        {p: r for p, r in deleted.items() if p not in paired_old},
-    )
-
-
-def compare_with_known(
-    current: Mapping[str, str],
-    known: Mapping[str, KnownDocument],
-    content_id: Callable[[KnownDocument], str],
-    keep: Collection[str] = (),
-) -> list[Change]:
-    """Every change that turns ``known`` into ``current`` (path -> revision), renames paired by content id.
-
-    Known paths in ``keep`` are left alone even when absent from ``current`` (they could not be read).
-    """
-    modified = [
-        Change(ChangeKind.MODIFIED, p, r) for p, r in current.items() if p in known and known[p].revision != r
-    ]
-    added = {p: r for p, r in current.items() if p not in known}
-    gone = {k: content_id(d) for k, d in known.items() if k not in current and k not in keep}
-    renames, added, gone = pair_renames(added, gone)
-    return [
-        *modified,
-        *renames,
-        *(Change(ChangeKind.ADDED, p, r) for p, r in added.items()),
-        *(Change(ChangeKind.DELETED, p, None) for p in gone),
-    ]
-
-
-def sort_changes(changes: Iterable[Change]) -> list[Change]:
-    """Deterministic order: by kind (added, modified, renamed, deleted), then key."""
-    return sorted(changes, key=lambda c: (_KIND_ORDER[c.kind], c.key))
+if TYPE_CHECKING:
+    from tasks.settings import LocalSourceConfig, Settings
 
 
 def sha256_file(path: Path) -> str:
@@ -137,7 +33,7 @@ def sha256_file(path: Path) -> str:
 
 
 @dataclass
-class LocalFolderSource:
+class LocalFolderSource(Source):
     """The documents under ``root``; keys are POSIX paths relative to it, revisions sha256 of the bytes.
 
     There is no cursor: every run hashes the files and compares them with the catalog. Hidden
@@ -150,7 +46,11 @@ class LocalFolderSource:
     include: list[str] | None = None
     kind: ClassVar[str] = "local"
 
-    def changes(self, cursor: str | None, known: Mapping[str, KnownDocument]) -> ChangeSet:
+    @classmethod
+    def from_config(cls, cfg: LocalSourceConfig, settings: Settings) -> LocalFolderSource:
+        return cls(cfg.name, cfg.path, include=cfg.include)
+
+    def changes(self, cursor: None, known: Mapping[str, KnownDocument]) -> ChangeSet:
         root = self._checked_root()
         current, unreadable, warnings = self._scan(root)
         keep = {k for k in known if any(k == u or k.startswith(u + "/") for u in unreadable)}

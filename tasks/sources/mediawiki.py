@@ -3,8 +3,9 @@
 Keys are page ids, so a move keeps its key and is a rename; a revision is a revision id, and a document's
 bytes are that revision's wikitext, parsed as plain text (markup and templates are not expanded).
 
-The cursor is ``<timestamp>|<rcid>`` of the last recent-changes row read. The next run asks from that
-second on and skips rows up to that rcid, so rows of the same second are neither lost nor read twice.
+The cursor (``Mark``) is the (timestamp, rcid) of the last recent-changes row read. The next run asks
+from that second on and skips rows up to that rcid, so rows of the same second are neither lost nor read
+twice.
 Recent changes and the log only say which pages were touched; what changed comes from each touched
 page's state now, compared with the catalog. A page created and deleted between two runs is therefore
 nothing, a page deleted and restored is unchanged, and rereading rows after a failed run is harmless.
@@ -17,12 +18,26 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import requests
 
-from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, SourceError
-from tasks.sources.local import DocumentFetchError, StaleRevisionError, sort_changes
+from tasks.sources.base import (
+    Change,
+    ChangeKind,
+    ChangeSet,
+    Cursor,
+    DocumentFetchError,
+    KnownDocument,
+    Source,
+    SourceError,
+    StaleRevisionError,
+    secret,
+    sort_changes,
+)
+
+if TYPE_CHECKING:
+    from tasks.settings import MediaWikiSourceConfig, Settings
 
 _TIMESTAMP = "%Y-%m-%dT%H:%M:%SZ"
 _BATCH = 50  # ids per request: the API's limit without the apihighlimits right
@@ -140,20 +155,16 @@ def _retry_after(response: requests.Response) -> float | None:
 
 
 @dataclass(frozen=True, order=True)
-class Mark:
-    """A position in recent changes: the row (timestamp, rcid) last read."""
+class Mark(Cursor):
+    """The cursor: a position in recent changes, the row (timestamp, rcid) last read."""
 
     timestamp: str
     rcid: int
 
-    def __str__(self) -> str:
-        return f"{self.timestamp}|{self.rcid}"
-
-    @classmethod
-    def parse(cls, cursor: str) -> Mark:
-        stamp, _, rcid = cursor.partition("|")
-        datetime.strptime(stamp, _TIMESTAMP)  # raises ValueError when malformed
-        return cls(stamp, int(rcid))
+    def __post_init__(self) -> None:
+        datetime.strptime(self.timestamp, _TIMESTAMP)  # raises ValueError when malformed
+        if not isinstance(self.rcid, int):
+            raise ValueError(f"rcid must be an integer, not {self.rcid!r}")
 
     def before(self, row: Mapping[str, Any]) -> bool:
         return (self.timestamp, self.rcid) < (row["timestamp"], row["rcid"])
@@ -169,7 +180,7 @@ class PageState:
 
 
 @dataclass
-class MediaWikiSource:
+class MediaWikiSource(Source):
     """Pages of ``namespaces`` of the wiki whose api.php is at ``api_url`` (redirects are not documents)."""
 
     name: str
@@ -185,8 +196,28 @@ class MediaWikiSource:
     rc_max_age_days: float = 90.0
     page_size: int | str = "max"  # rows per request; the API's maximum unless a test wants many pages
     kind: ClassVar[str] = "mediawiki"
+    cursor_type: ClassVar[type[Cursor] | None] = Mark
 
-    def changes(self, cursor: str | None, known: Mapping[str, KnownDocument]) -> ChangeSet:
+    @classmethod
+    def from_config(cls, cfg: MediaWikiSourceConfig, settings: Settings) -> MediaWikiSource:
+        return cls(
+            cfg.name,
+            cfg.api_url,
+            username=cfg.username,
+            password=secret(cfg.kind, cfg.name, cfg.password_env),
+            namespaces=tuple(cfg.namespaces),
+            maxlag=cfg.maxlag,
+            retries=cfg.retries,
+            backoff_s=cfg.backoff_s,
+            max_backoff_s=cfg.max_backoff_s,
+            rc_max_age_days=cfg.rc_max_age_days,
+        )
+
+    def document_filename(self, change: Change) -> str:
+        """Wikitext is parsed as plain text, whatever the title looks like."""
+        return f"{change.title or change.key}.txt"
+
+    def changes(self, cursor: Mark | None, known: Mapping[str, KnownDocument]) -> ChangeSet:
         warnings: list[str] = []
         try:
             api = self._api()
@@ -197,7 +228,7 @@ class MediaWikiSource:
                 changes, mark = self._since(api, mark, known)
         except WikiError as exc:
             raise SourceError(self._message(str(exc))) from None
-        return ChangeSet(sort_changes(changes), cursor=str(mark), warnings=warnings)
+        return ChangeSet(sort_changes(changes), cursor=mark, warnings=warnings)
 
     def fetch(self, change: Change) -> bytes:
         page = f"page {change.title!r}, " if change.title else ""
@@ -218,16 +249,9 @@ class MediaWikiSource:
 
     # -- change detection ----------------------------------------------------------------------------
 
-    def _usable_mark(self, api: WikiClient, cursor: str | None, warnings: list[str]) -> Mark | None:
-        """The stored mark, or None when the whole wiki must be listed (first run, unusable cursor)."""
-        if cursor is None:
-            return None
-        try:
-            mark = Mark.parse(cursor)
-        except ValueError:
-            warnings.append(
-                f"mediawiki source {self.name!r}: unreadable cursor {cursor!r}; listed every page"
-            )
+    def _usable_mark(self, api: WikiClient, mark: Mark | None, warnings: list[str]) -> Mark | None:
+        """The stored mark, or None when the whole wiki must be listed (first run, too old a mark)."""
+        if mark is None:
             return None
         now = datetime.strptime(
             api.call({"action": "query", "curtimestamp": "1"})["curtimestamp"], _TIMESTAMP

@@ -12,16 +12,25 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, SourceError
-from tasks.sources.local import (
+from tasks.sources.base import (
+    Change,
+    ChangeKind,
+    ChangeSet,
     DocumentFetchError,
+    KnownDocument,
+    Source,
+    SourceError,
     StaleRevisionError,
     is_selected,
     pair_renames,
+    secret,
     sort_changes,
 )
+
+if TYPE_CHECKING:
+    from tasks.settings import S3SourceConfig, Settings
 
 DEFAULT_MAX_BYTES = 50 * 2**20
 _VERSION = "version:"
@@ -68,7 +77,7 @@ def _revision(version_id: str | None, etag: str) -> str:
 
 
 @dataclass
-class S3Source:
+class S3Source(Source):
     """Documents under ``prefix`` (a plain key prefix) of ``bucket``; keys are whole object keys.
 
     Credentials: the ones given, else boto3's usual chain (environment, profile, instance role).
@@ -88,12 +97,28 @@ class S3Source:
     timeout_s: float = 30.0
     kind: ClassVar[str] = "s3"
 
+    @classmethod
+    def from_config(cls, cfg: S3SourceConfig, settings: Settings) -> S3Source:
+        return cls(
+            cfg.name,
+            cfg.bucket,
+            prefix=cfg.prefix,
+            include=cfg.include,
+            endpoint_url=cfg.endpoint_url,
+            region=cfg.region,
+            access_key_id=secret(cfg.kind, cfg.name, cfg.access_key_id_env),
+            secret_access_key=secret(cfg.kind, cfg.name, cfg.secret_access_key_env),
+            max_bytes=cfg.max_bytes,
+            page_size=cfg.page_size,
+            retries=cfg.retries,
+        )
+
     @property
     def location(self) -> str:
         where = f"s3://{self.bucket}/{self.prefix}"
         return f"{where} at {self.endpoint_url}" if self.endpoint_url else where
 
-    def changes(self, cursor: str | None, known: Mapping[str, KnownDocument]) -> ChangeSet:
+    def changes(self, cursor: None, known: Mapping[str, KnownDocument]) -> ChangeSet:
         client = self._client()
         warnings: list[str] = []
         try:

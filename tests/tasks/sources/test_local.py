@@ -9,8 +9,17 @@ from pathlib import Path
 import pytest
 
 import tasks.sources.local as local_module
-from tasks.sources.base import Change, ChangeKind, KnownDocument, SourceError
-from tasks.sources.local import LocalFolderSource, StaleRevisionError, glob_regex, is_selected, pair_renames
+from tasks.sources.base import (
+    Change,
+    ChangeKind,
+    KnownDocument,
+    SourceError,
+    StaleRevisionError,
+    glob_regex,
+    is_selected,
+    pair_renames,
+)
+from tasks.sources.local import LocalFolderSource
 
 
 def sha(text: str) -> str:

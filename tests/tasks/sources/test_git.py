@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, SourceError
-from tasks.sources.git import GitSource, reconcile, redact
-from tasks.sources.local import DocumentFetchError
+from tasks.sources.base import Change, ChangeKind, ChangeSet, DocumentFetchError, KnownDocument, SourceError
+from tasks.sources.git import GitCursor, GitSource, reconcile, redact
 from tests.fixtures.git import GitDaemon, WorkRepo, free_port, git
 
 
@@ -61,7 +60,7 @@ def test_first_run_adds_every_document_with_blob_ids_and_head_cursor(
         ("added", "docs/guide.md", None),
         ("added", "docs/old.md", None),
     ]
-    assert result.cursor == repo.head()
+    assert result.cursor == GitCursor(repo.head())
     assert result.changes[0].revision == repo.blob("README.md")
     assert result.warnings == []
     assert source.mirror.parent == source.workdir and (source.mirror / "HEAD").exists()
@@ -82,7 +81,7 @@ def test_pure_rename_keeps_the_blob(repo: WorkRepo, source: GitSource) -> None:
     assert after.changes == [
         Change(ChangeKind.RENAMED, "archive/old.md", known["docs/old.md"].revision, old_key="docs/old.md")
     ]
-    assert after.cursor == repo.head()
+    assert after.cursor == GitCursor(repo.head())
 
 
 def test_rename_with_edit_is_a_rename_carrying_the_new_blob(repo: WorkRepo, source: GitSource) -> None:
@@ -197,9 +196,11 @@ def test_force_push_with_the_old_commit_still_in_the_mirror_warns_and_diffs_tree
     rewrite_history(repo, remote)
     after = source.changes(result.cursor, known)
     assert summary(after) == expected_after_rewrite()
-    assert after.cursor == repo.head()
+    assert after.cursor == GitCursor(repo.head())
     assert (
-        len(after.warnings) == 1 and "rewritten" in after.warnings[0] and result.cursor in after.warnings[0]
+        len(after.warnings) == 1
+        and "rewritten" in after.warnings[0]
+        and result.cursor.commit in after.warnings[0]
     )
 
 
@@ -214,9 +215,9 @@ def test_force_push_with_the_cursor_commit_gone_falls_back_to_full_comparison(
     source = GitSource("handbook", f"file://{remote}", workdir=tmp_path / "m2")
     after = source.changes(result.cursor, known)
     assert summary(after) == expected_after_rewrite()
-    assert after.cursor == repo.head()
+    assert after.cursor == GitCursor(repo.head())
     assert len(after.warnings) == 1
-    assert "handbook" in after.warnings[0] and result.cursor in after.warnings[0]
+    assert "handbook" in after.warnings[0] and result.cursor.commit in after.warnings[0]
     assert "no longer" in after.warnings[0]
 
 
@@ -256,10 +257,10 @@ def test_git_daemon_clone_then_new_push_is_detected(
     repo.publish(git_daemon.base / "handbook.git")
     source = GitSource("handbook", git_daemon.url("handbook.git"), workdir=tmp_path / "m")
     result, known = first_run(source)
-    assert len(result.changes) == 4 and result.cursor == repo.head()
+    assert len(result.changes) == 4 and result.cursor == GitCursor(repo.head())
     repo.write("docs/new.md", "Pushed later.\n")
     repo.commit("new page")
     git(repo.path, "push", "--quiet", git_daemon.url("handbook.git"), "main")  # through the daemon
     after = source.changes(result.cursor, known)
     assert summary(after) == [("added", "docs/new.md", None)]
-    assert after.cursor == repo.head()
+    assert after.cursor == GitCursor(repo.head())

@@ -8,9 +8,16 @@ import pytest
 import yaml
 
 from tasks.settings import KnowledgeBase, S3SourceConfig
-from tasks.sources import build_source, source_uri
-from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, SourceError
-from tasks.sources.local import DocumentFetchError, StaleRevisionError
+from tasks.sources import build_source
+from tasks.sources.base import (
+    Change,
+    ChangeKind,
+    ChangeSet,
+    DocumentFetchError,
+    KnownDocument,
+    SourceError,
+    StaleRevisionError,
+)
 from tasks.sources.s3 import DocumentTooLargeError, S3Source
 from tests.fixtures.git import free_port
 from tests.fixtures.proxy import FlakyProxy
@@ -233,10 +240,10 @@ def test_config_names_credential_variables_and_the_catalog_never_sees_a_secret(
     }
     cfg = KnowledgeBase.model_validate(yaml.safe_load(yaml.safe_dump(raw))).sources[0]
     assert isinstance(cfg, S3SourceConfig)
-    stored = cfg.model_dump(mode="json", exclude={"name", "kind"})  # what ingest writes to sources.config
+    stored = cfg.model_dump(mode="json", exclude={"name", "kind"})  # what detect writes to sources.config
     assert stored["secret_access_key_env"] == "TEST_S3_SECRET"
     assert s3_server.secret_access_key not in str(stored)
-    assert source_uri(cfg) == f"{s3_server.endpoint_url}/{bucket.name}/"
+    assert cfg.uri == f"{s3_server.endpoint_url}/{bucket.name}/"
 
     monkeypatch.delenv("TEST_S3_SECRET", raising=False)
     monkeypatch.setenv("TEST_S3_KEY", s3_server.access_key_id)

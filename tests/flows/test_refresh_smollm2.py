@@ -14,7 +14,7 @@ from hypernet.probes import sentence_probes
 from tasks.runtime import forget_runtimes, runtime
 from tests.fixtures.kb import refresh
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "kb" / "recycling-schedule.txt"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kb" / "recycling-schedule.txt"
 
 
 @pytest.mark.slow

@@ -233,7 +233,7 @@ def test_regression_compares_unchanged_probes_with_the_previous_adapter(
 ) -> None:
     new_text = DOC_A.replace("about four hundred stations", "about nine hundred stations")
     previous = PreviousAdapter(adapter_a, DOC_A)
-    kept = unchanged_probes(previous, new_text, auto_probes(new_text, CFG), CFG)
+    kept = unchanged_probes(previous, new_text, CFG)
     assert len(kept) == len(probes_a) - 1 and all("stations" not in p.question + p.answer for p in kept)
     new_probes = auto_probes(new_text, CFG)
     same = run_gates(tiny_base, adapter_a, new_text, new_probes, CFG, previous=previous).gate(REGRESSION)
@@ -241,13 +241,6 @@ def test_regression_compares_unchanged_probes_with_the_previous_adapter(
     increase = next(m for m in worse.gate(REGRESSION).metrics if m.name == "mean_increase")
     assert same.passed and not worse.gate(REGRESSION).passed and increase.value > 2
     assert increase.detail["probes"] == len(kept)
-
-
-def test_regression_keeps_qa_probes_only_when_their_answer_is_unchanged() -> None:
-    old = parse_qa(QA_YAML, "old")
-    new = [old[0], Probe(old[1].question, "1988")]
-    kept = unchanged_probes(PreviousAdapter(None, "", tuple(old)), "", new, CFG)  # type: ignore[arg-type]
-    assert kept == [old[0]]
 
 
 def test_regression_is_skipped_without_a_previous_adapter_or_unchanged_probes(
@@ -284,8 +277,7 @@ def test_report_rows_match_the_qa_results_columns(tiny_base, probes_a, probes_b,
     assert [r["metric"] for r in gated] == ["gap_closed", "margin", "relative_increase", "mean_increase"]
     assert all(isinstance(r["detail"]["seconds"], float) for r in gated)
     assert report.passed == all(r["passed"] for r in rows) and report.passed
-    assert report.metrics()["qa.knowledge.gap_closed"] == gated[0]["value"]
-    assert report.to_dict()["passed"] is True and report.to_dict()["failures"] == []
+    assert report.failures() == []
 
 
 def test_disabled_gates_measure_nothing_and_pass(tiny_base, probes_a) -> None:

@@ -1,3 +1,5 @@
+"""The content-addressed artifact store: blobs and folders written once, addressed by URI, read back."""
+
 from __future__ import annotations
 
 import hashlib

@@ -15,7 +15,7 @@ from tasks.parse import parse_document
 from tasks.runtime import forget_runtimes
 from tests.fixtures.kb import instill, refresh
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "kb" / "on-call-policy.md"
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "kb" / "on-call-policy.md"
 
 
 def test_generate_writes_a_peft_adapter_folder_for_one_file(kb, tmp_path, tiny_model_dir):
@@ -99,3 +99,21 @@ def test_every_flow_has_a_command():
     # rollback-release is `instill rollback --release N`.
     assert {"refresh", "promote", "rollback", "generate", "status", "releases", "audit", "db"} <= commands
     assert {"train-hypernet", "eval", "bench"} <= commands
+
+
+def test_every_command_takes_config():
+    import typer.main
+
+    from flows.cli import app
+
+    def leaves(command, path: str) -> list[tuple[str, object]]:
+        if hasattr(command, "commands"):  # a group
+            return [leaf for name, sub in command.commands.items() for leaf in leaves(sub, f"{path} {name}")]
+        return [(path, command)]
+
+    missing = [
+        path
+        for path, command in leaves(typer.main.get_command(app), "instill")
+        if not any("--config" in p.opts for p in command.params)
+    ]
+    assert missing == []

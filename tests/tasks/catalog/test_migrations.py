@@ -16,7 +16,7 @@ TABLES = {
     "sources",
     "documents",
     "document_versions",
-    "hypernets",
+    "generators",
     "adapters",
     "qa_results",
     "alias_events",
@@ -93,13 +93,16 @@ def test_schema_check_reports_drift(empty_url: str) -> None:
         command.check(alembic_config(empty_url))
 
 
-@pytest.mark.parametrize("url", ["postgresql://user@db.example/catalog", "sqlite:///catalog.db"])
+# Server catalogs only: SQLite's batch mode reads the live table to rebuild it, and an embedded SQLite
+# catalog is upgraded online by every command anyway.
+@pytest.mark.parametrize("url", ["postgresql://user@db.example/catalog"])
 def test_offline_upgrade_renders_sql_without_a_database(url: str, capsys: pytest.CaptureFixture[str]) -> None:
     command.upgrade(alembic_config(url), "head", sql=True)
     script = capsys.readouterr().out
     assert "CREATE TABLE documents" in script
     assert "CREATE INDEX documents_source_id_current_path_idx" in script
-    assert f"INSERT INTO alembic_version (version_num) VALUES ('{head_revision()}')" in script
+    assert "INSERT INTO alembic_version (version_num) VALUES ('0001')" in script
+    assert f"UPDATE alembic_version SET version_num='{head_revision()}'" in script
 
 
 def test_alembic_config_points_at_the_repository_migrations() -> None:
@@ -107,3 +110,62 @@ def test_alembic_config_points_at_the_repository_migrations() -> None:
     assert config.get_main_option("script_location").endswith("migrations")
     # psycopg 3 driver, and the URL-encoded password survives ConfigParser interpolation.
     assert config.get_main_option("sqlalchemy.url") == "postgresql+psycopg://user:p%40ss@db.example/catalog"
+
+
+GENERATOR = "name, kind, fingerprint, base_model_id, base_model_sha256, config, metrics"
+
+
+def test_0002_renames_the_generators_and_types_the_cursors_both_ways(empty_url: str) -> None:
+    from tasks.sources.git import GitCursor
+    from tasks.sources.mediawiki import Mark
+
+    upgrade(empty_url, "0001")
+    engine = make_engine(empty_url)
+    sha = "a" * 64
+    old = {"git": "b" * 40, "mediawiki": "2026-11-01T10:00:00Z|42", "local": None}
+    try:
+        with engine.begin() as c:
+            for i, (kind, cursor) in enumerate(old.items(), start=1):
+                c.execute(
+                    text(
+                        "INSERT INTO sources (id, name, kind, uri, config, cursor) "
+                        "VALUES (:i, :n, :k, 'u', '{}', :c)"
+                    ),
+                    {"i": i, "n": kind, "k": kind, "c": cursor},
+                )
+                c.execute(
+                    text(
+                        "INSERT INTO refresh_runs (source_id, cursor_before, cursor_after, counts, status) "
+                        "VALUES (:i, NULL, :c, '{}', 'succeeded')"
+                    ),
+                    {"i": i, "c": cursor},
+                )
+            c.execute(
+                text(
+                    f"INSERT INTO hypernets (id, {GENERATOR}) "
+                    "VALUES (5, 'cd:x', 'cd', :f, 'm', :f, '{}', '{}')"
+                ),
+                {"f": sha},
+            )
+        upgrade(empty_url)
+        with engine.begin() as c:
+            cursors = dict(c.execute(text("SELECT kind, cursor FROM sources")).all())
+            assert GitCursor.from_json(cursors["git"]) == GitCursor(old["git"])
+            assert Mark.from_json(cursors["mediawiki"]) == Mark("2026-11-01T10:00:00Z", 42)
+            assert cursors["local"] is None
+            runs = {r[0] for r in c.execute(text("SELECT cursor_after FROM refresh_runs"))}
+            assert runs == set(cursors.values())
+            assert c.execute(text("SELECT id, fingerprint FROM generators")).all() == [(5, sha)]
+            c.execute(  # new rows get ids after the copied ones (PostgreSQL's sequence was moved on)
+                text(
+                    f"INSERT INTO generators ({GENERATOR}) VALUES ('cd:y', 'cd', :f, 'm', :f, '{{}}', '{{}}')"
+                ),
+                {"f": "c" * 64},
+            )
+        assert schema_diffs(empty_url) == []
+        downgrade(empty_url, "0001")
+        with engine.begin() as c:
+            assert dict(c.execute(text("SELECT kind, cursor FROM sources")).all()) == old
+            assert len(c.execute(text("SELECT id FROM hypernets")).all()) == 2
+    finally:
+        engine.dispose()

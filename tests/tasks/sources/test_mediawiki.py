@@ -6,9 +6,16 @@ import pytest
 import requests
 
 from tasks.settings import MediaWikiSourceConfig
-from tasks.sources import build_source, document_filename, source_uri
-from tasks.sources.base import Change, ChangeKind, ChangeSet, KnownDocument, SourceError
-from tasks.sources.local import DocumentFetchError, StaleRevisionError
+from tasks.sources import build_source
+from tasks.sources.base import (
+    Change,
+    ChangeKind,
+    ChangeSet,
+    DocumentFetchError,
+    KnownDocument,
+    SourceError,
+    StaleRevisionError,
+)
 from tasks.sources.mediawiki import Mark, MediaWikiSource, WikiClient, WikiError
 from tests.fixtures.git import free_port
 from tests.fixtures.mediawiki import Wiki
@@ -57,7 +64,7 @@ def test_first_run_lists_the_pages_of_the_namespaces_and_reads_wikitext(mediawik
     alpha_change = next(c for c in changeset.changes if c.key == str(alpha["pageid"]))
     assert alpha_change.revision == str(alpha["newrevid"])
     assert source.fetch(alpha_change) == b"'''Alpha''' station opened in 1987."
-    assert Mark.parse(changeset.cursor).rcid > 0
+    assert changeset.cursor.rcid > 0
 
 
 def test_changes_since_the_cursor_cover_new_edit_move_delete_and_create_then_delete(
@@ -89,7 +96,7 @@ def test_changes_since_the_cursor_cover_new_edit_move_delete_and_create_then_del
     rename = second.changes[2]
     assert rename.old_key == rename.key, "a move keeps the page id"
     assert source.fetch(rename) == b"Move text.", "a move changes the title, not the text"
-    assert Mark.parse(second.cursor) > Mark.parse(first.cursor)
+    assert second.cursor > first.cursor
 
     third = source.changes(second.cursor, record(known, second))
     assert third.changes == [] and third.cursor == second.cursor
@@ -119,7 +126,7 @@ def test_rows_of_the_same_second_after_the_cursor_are_read_and_those_before_are_
 
     after_first = source.changes(f"{stamp}|{rcid[first['newrevid']]}", known)
     assert summary(after_first.changes) == [("added", str(second["pageid"]), f"T{ns}:Second {attempt}")]
-    assert after_first.cursor == f"{stamp}|{rcid[second['newrevid']]}"
+    assert after_first.cursor == Mark(stamp, rcid[second["newrevid"]])
     # From the second row on, neither row is read again: nothing changes, even for an empty catalog.
     assert source.changes(after_first.cursor, {}).changes == []
 
@@ -236,13 +243,13 @@ def test_config_keeps_the_password_in_the_environment_and_pages_parse_as_text(me
     )
     stored = cfg.model_dump(mode="json", exclude={"name", "kind"})
     assert stored["password_env"] == "TEST_WIKI_PASSWORD" and mediawiki.reader_password not in str(stored)
-    assert source_uri(cfg) == mediawiki.api_url
+    assert cfg.uri == mediawiki.api_url
     monkeypatch.delenv("TEST_WIKI_PASSWORD", raising=False)
     with pytest.raises(SourceError, match="environment variable TEST_WIKI_PASSWORD is not set"):
         build_source(cfg, settings=None)
     monkeypatch.setenv("TEST_WIKI_PASSWORD", mediawiki.reader_password)
     assert isinstance(build_source(cfg, settings=None), MediaWikiSource)
     page = Change(ChangeKind.ADDED, "12", "34", title="Main Page")
-    assert document_filename(cfg, page) == "Main Page.txt"
+    assert build_source(cfg, settings=None).document_filename(page) == "Main Page.txt"
     with pytest.raises(ValueError, match="go together"):
         MediaWikiSourceConfig(kind="mediawiki", name="w", api_url=mediawiki.api_url, username="Admin@x")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from tasks import lifecycle
+from tasks import lifecycle, release
 from tasks.catalog.db import session_scope
 from tasks.catalog.models import Adapter, AliasEvent
 from tasks.parse import parse_document
@@ -84,11 +84,11 @@ def test_promote_then_rollback_restores_registry_and_catalog(two_versions):
 
 def test_release_rollback_restores_every_production_version(two_versions):
     config, alpha = two_versions["config"], two_versions["alpha"]
-    listed = lifecycle.list_releases(config)
+    listed = release.list_releases(config)
     assert [r["release"] for r in listed] == ["1", "2"], (
         "each refresh that changed production wrote a release"
     )
-    first_release = lifecycle.read_release(runtime(config), "1")
+    first_release = release.read_release(runtime(config), "1")
     wanted = {d["model"]: d["version"] for d in first_release["documents"]}
     assert wanted[alpha] == "1" and len(wanted) == 3
 
@@ -96,7 +96,7 @@ def test_release_rollback_restores_every_production_version(two_versions):
     assert code == 0, out
     registry = runtime(config).registry
     assert {m: registry.alias(m, "production") for m in wanted} == wanted
-    releases = lifecycle.list_releases(config)
+    releases = release.list_releases(config)
     assert releases[-1]["restored_from"] == "1", "the restore is itself on record as a release"
     code, out = instill("rollback", "--release", "9", "--config", config)
     assert code == 2 and "no release 9" in out

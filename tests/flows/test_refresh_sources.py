@@ -21,7 +21,9 @@ from tasks.catalog.db import session_scope
 from tasks.catalog.models import Adapter, Document, DocumentVersion, RefreshRun
 from tasks.catalog.models import Source as SourceRow
 from tasks.catalog.types import DocumentState, RunStatus
-from tasks.ingest import finish_run, plan_source, record_change
+from tasks.detect import detect as plan_source
+from tasks.finish import finish as finish_run
+from tasks.record import record as record_change
 from tasks.runtime import forget_runtimes, runtime
 from tests.fixtures.git import WorkRepo
 from tests.fixtures.proxy import FlakyProxy

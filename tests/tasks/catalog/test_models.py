@@ -17,7 +17,7 @@ from tasks.catalog import (
     Document,
     DocumentState,
     DocumentVersion,
-    Hypernet,
+    Generator,
     QAResult,
     RefreshRun,
     RunStatus,
@@ -62,7 +62,7 @@ def add_source(session: Session, name: str = "handbook") -> Source:
 
 
 def add_lineage(session: Session) -> Adapter:
-    """One adapter with everything it depends on: source, document, version, hypernet."""
+    """One adapter with everything it depends on: source, document, version, generator."""
     document = Document(source=add_source(session), external_key="docs/a.md", current_path="docs/a.md")
     version = DocumentVersion(
         document=document,
@@ -75,7 +75,7 @@ def add_lineage(session: Session) -> Adapter:
         change_kind="added",
         path="docs/a.md",
     )
-    hypernet = Hypernet(
+    generator = Generator(
         name="smollm2-d2l",
         kind="hypernet",
         fingerprint=SHA_C,
@@ -87,7 +87,7 @@ def add_lineage(session: Session) -> Adapter:
     )
     adapter = Adapter(
         document_version=version,
-        hypernet=hypernet,
+        generator=generator,
         adapter_sha256=SHA_B,
         store_uri="file:///store/ab/" + SHA_B,
         rank=8,
@@ -129,7 +129,7 @@ def test_full_lineage_round_trips_through_the_relationships(session: Session) ->
     assert document.source.name == "handbook"
     assert document.source.config == {"branch": "main"}
     assert [v.source_revision for v in document.versions] == ["3f2c"]
-    assert loaded.hypernet.fingerprint == SHA_C
+    assert loaded.generator.fingerprint == SHA_C
     assert loaded.targets == ["down_proj"]
     assert [(r.suite, r.passed, r.value) for r in loaded.qa_results] == [
         ("knowledge", True, 0.5),
@@ -158,7 +158,7 @@ def test_defaults_fill_state_and_aware_utc_timestamps(session: Session) -> None:
     document = adapter.document_version.document
     assert document.state is DocumentState.ACTIVE
     assert adapter.state is AdapterState.CANDIDATE
-    for stamp in (document.created_at, document.updated_at, adapter.created_at, adapter.hypernet.created_at):
+    for stamp in (document.created_at, document.updated_at, adapter.created_at, adapter.generator.created_at):
         assert stamp.tzinfo is UTC
         assert abs(datetime.now(UTC) - stamp) < timedelta(minutes=5)
 
@@ -194,10 +194,10 @@ def test_the_same_external_key_is_allowed_in_another_source(session: Session) ->
     assert len(session.scalars(select(Document).where(Document.external_key == "1")).all()) == 2
 
 
-def test_duplicate_hypernet_fingerprint_is_rejected(session: Session) -> None:
+def test_duplicate_generator_fingerprint_is_rejected(session: Session) -> None:
     add_lineage(session)
     session.add(
-        Hypernet(name="copy", kind="cd", fingerprint=SHA_C, base_model_id="m", base_model_sha256=SHA_A)
+        Generator(name="copy", kind="cd", fingerprint=SHA_C, base_model_id="m", base_model_sha256=SHA_A)
     )
     with pytest.raises(IntegrityError):
         session.flush()

@@ -1,9 +1,11 @@
-"""The refresh's QA step: run the gates on a new adapter and record every metric and the verdict.
+"""The refresh's `gate` step: run the QA gates on a new adapter and record every metric and the verdict.
 
 The gates themselves live in ``tasks.qa``; this step gathers what they need from the catalog and the
 store (the document's text and probes, another document's probes for specificity, the adapter being
-replaced for regression), then writes the verdict: ``passed`` or ``failed`` with its reasons. A failed
-adapter is kept on record and registered without an alias, so the previous production adapter stays live.
+replaced for regression), then writes the verdict to the catalog: ``passed`` or ``failed`` with its
+reasons. The stored adapter folder is never written to (registration puts the verdict on the registry
+version). A failed adapter is kept on record and registered without an alias, so the previous production
+adapter stays live.
 """
 
 from __future__ import annotations
@@ -12,12 +14,10 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
-
 from tasks.catalog import queries
 from tasks.catalog.db import session_scope
-from tasks.catalog.models import Adapter, Document, DocumentVersion, QAResult
-from tasks.catalog.types import AdapterState, DocumentState
+from tasks.catalog.models import Adapter, QAResult
+from tasks.catalog.types import AdapterState
 from tasks.runtime import Runtime, runtime
 from tasks.settings import LocalSourceConfig
 
@@ -33,23 +33,9 @@ class GateOutcome:
     seconds: float = 0.0
 
 
-def ungated_adapters(config: str, source_name: str) -> list[int]:
-    """New adapters of this source that have no verdict yet."""
-    rt = runtime(config)
-    with session_scope(rt.sessions) as session:
-        source = queries.source_by_name(session, source_name)
-        if source is None:
-            return []
-        return [
-            a.id
-            for a in queries.document_adapters_of_source(session, source.id, (AdapterState.CANDIDATE,))
-            if a.model_version is None and not a.qa_results
-        ]
-
-
-def gate_adapter(config: str, adapter_id: int, flow_run_id: str | None = None) -> GateOutcome:
+def gate(config: str, adapter_id: int, flow_run_id: str | None = None) -> GateOutcome:
     """Run the configured gates on one adapter and record the metrics and verdict in the catalog."""
-    from hypernet.adapter import load_adapter, update_lineage
+    from hypernet.adapter import load_adapter
     from tasks.qa import PreviousAdapter, QAFileError, auto_probes, load_probes, run_gates
 
     rt = runtime(config)
@@ -58,22 +44,22 @@ def gate_adapter(config: str, adapter_id: int, flow_run_id: str | None = None) -
         adapter = session.get(Adapter, adapter_id)
         version = adapter.document_version
         doc = version.document
-        document = f"{doc.source.name}:{doc.current_path}"
         text = rt.store.get_bytes(version.text_uri).decode("utf-8")
         qa_file = _qa_file(rt, doc.source.name, version.path)
-        other_text = _other_document_text(session, rt, doc)
+        other = queries.other_document_version(session, doc)
+        other_text = rt.store.get_bytes(other.text_uri).decode("utf-8") if other else None
         previous = _previous(session, rt, doc.id, adapter.id)
         folder = rt.store.get_dir(adapter.store_uri)
+        document = doc.label
     weights = load_adapter(folder)
     base = rt.generator().base
     try:
         probes = load_probes(text, qa_file, cfg)
     except QAFileError as exc:  # the user's probe file is bad input: the adapter cannot be judged
         return _record_verdict(rt, adapter_id, document, None, (str(exc),))
-    other = auto_probes(other_text, cfg) if other_text else None
+    other_probes = auto_probes(other_text, cfg) if other_text else None
     prev = PreviousAdapter(load_adapter(previous[0]), previous[1]) if previous else None
-    report = run_gates(base, weights, text, probes, cfg, other_probes=other, previous=prev)
-    update_lineage(folder, {"qa": report.to_dict()})
+    report = run_gates(base, weights, text, probes, cfg, other_probes=other_probes, previous=prev)
     return _record_verdict(rt, adapter_id, document, report, tuple(report.failures()))
 
 
@@ -96,28 +82,11 @@ def _qa_file(rt: Runtime, source_name: str, path: str) -> Path | None:
     """``NAME.qa.yaml`` beside a local document, when there is one (other sources: not yet read)."""
     from tasks.qa import qa_path_for
 
-    cfg = next(s for s in rt.kb.sources if s.name == source_name)
+    cfg = rt.source_config(source_name)
     if not isinstance(cfg, LocalSourceConfig):
         return None
     candidate = qa_path_for(cfg.path / path)
     return candidate if candidate.is_file() else None
-
-
-def _other_document_text(session, rt: Runtime, doc: Document) -> str | None:
-    """The text of another live document of the knowledge base, for the specificity gate."""
-    other = session.scalar(
-        select(DocumentVersion)
-        .join(Document, Document.id == DocumentVersion.document_id)
-        .where(
-            Document.id != doc.id,
-            Document.state == DocumentState.ACTIVE,
-            DocumentVersion.text_uri.is_not(None),
-            DocumentVersion.text_sha256 != doc.versions[-1].text_sha256,
-        )
-        .order_by(DocumentVersion.id.desc())
-        .limit(1)
-    )
-    return rt.store.get_bytes(other.text_uri).decode("utf-8") if other else None
 
 
 def _previous(session, rt: Runtime, document_id: int, adapter_id: int) -> tuple[Path, str] | None:

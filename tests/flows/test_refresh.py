@@ -88,7 +88,7 @@ def test_registered_adapter_loads_with_peft(prefect_server, kb, tmp_path, tiny_m
         folder = runtime(kb).store.get_dir(adapter.store_uri)
         lineage = json.loads((folder / "instill.json").read_text())
         assert lineage["text_sha256"] == adapter.document_version.text_sha256
-        assert lineage["generator"]["fingerprint"] == adapter.hypernet.fingerprint
+        assert lineage["generator"]["fingerprint"] == adapter.generator.fingerprint
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     model = PeftModel.from_pretrained(base, folder)
     assert any("lora_A" in name for name, _ in model.named_parameters())
@@ -100,3 +100,25 @@ def test_bad_config_names_the_key(tmp_path):
     code, output = instill("refresh", "--config", str(config))
     assert code == 2
     assert "sources.0.path" in output and "Traceback" not in output
+
+
+def test_a_home_from_the_previous_layout_keeps_working(prefect_server, kb, tmp_path):
+    """A home whose catalog is at the last revision before `generators` and typed cursors (0001)."""
+    from tasks.catalog.db import current_revision, downgrade, head_revision
+    from tasks.runtime import forget_runtimes
+
+    code, first, output = _run(kb, tmp_path, "first")
+    assert code == 0, output
+    url = runtime(kb).settings.catalog
+    downgrade(url, "0001")
+    forget_runtimes()
+
+    code, second, output = _run(kb, tmp_path, "second")
+    assert code == 0, output
+    assert current_revision(url) == head_revision()
+    assert sum(second["changed"].values()) == 0 and second["generated"] == 0 and second["registered"] == []
+    code, output = instill("status", "--config", str(kb), "--json")
+    assert code == 0 and {r["model"] for r in json.loads(output)} == {r["model"] for r in first["registered"]}
+    (kb.parent / "docs" / "alpha.md").write_text(DOCS["alpha.md"] + "\nIts lift was rebuilt in 2003.\n")
+    code, third, output = _run(kb, tmp_path, "third")
+    assert code == 0 and third["generated"] == 1 and third["registered"][0]["version"] == "2", output

@@ -12,7 +12,6 @@ import typer
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
-from flows.ml_commands import register
 from flows.train import EXPERIMENT, flatten
 from hypernet.model import checkpoint_sha256, load_hypernet
 from hypernet.train import parse_overrides
@@ -41,9 +40,8 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def _app() -> typer.Typer:
-    app = typer.Typer()
-    app.command("noop")(lambda: None)  # typer flattens a one-command app; keep the sub-command names
-    register(app)
+    from flows.cli import app
+
     return app
 
 

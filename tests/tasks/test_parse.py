@@ -1,3 +1,5 @@
+"""Parsing: every supported format to normalised text, offline, with its parser version on record."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +26,7 @@ from tasks.parse import (
 from tasks.sources.base import DOCUMENT_SUFFIXES
 from tests.fixtures.documents import EXAMPLE_FACTS, EXAMPLE_KB, build_docx, build_pdf
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 UNSTRUCTURED_VERSION = version("unstructured")  # read without importing unstructured (its import phones home)
 _OPT_OUTS = ("DO_NOT_TRACK", "SCARF_NO_ANALYTICS", "UNSTRUCTURED_DISABLE_NOTICE", "HF_HUB_OFFLINE")
 

@@ -1,0 +1,213 @@
+"""The commands on a knowledge base: refresh, generate, promote, rollback, releases, status, audit, db.
+
+Plain functions; ``flows/cli.py`` registers them. Heavy imports (Prefect, MLflow, torch) happen inside the
+commands, so `instill --help` stays instant and the offline environment is in place before they load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from flows.console import (
+    ConfigOption,
+    JsonFlag,
+    console,
+    fail,
+    generator_config,
+    out,
+    print_record,
+    print_rows,
+    settings_for,
+    user_errors,
+)
+from tasks.settings import load_knowledge_base
+
+
+def refresh(
+    config: ConfigOption = None,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Also write the summary as JSON here.")
+    ] = None,
+) -> None:
+    """Pick up what changed in every source, regenerate only those adapters, register them."""
+    settings = settings_for(config)
+    with user_errors():
+        kb = load_knowledge_base(settings.config)
+    from flows.refresh import refresh as refresh_flow
+    from tasks.runtime import CatalogNotReady, prepare_catalog
+
+    with user_errors(CatalogNotReady):
+        prepare_catalog(settings.catalog)
+
+    console.print(f"refreshing [bold]{kb.name}[/] ({len(kb.sources)} source(s)) from {settings.config}")
+    result = refresh_flow(str(settings.config.resolve()))
+    _print_summary(result)
+    if json_path:
+        keys = ("changed", "generated", "registered", "failed", "retired")
+        json_path.write_text(json.dumps({k: result[k] for k in keys}, indent=2) + "\n", encoding="utf-8")
+    if result["failed"]:
+        raise typer.Exit(1)
+
+
+def _print_summary(result: dict) -> None:
+    changed = result["changed"]
+    total = sum(changed.values())
+    detail = ", ".join(f"{n} {kind}" for kind, n in changed.items() if n)
+    out.print(f"[bold]{total} changed[/]" + (f" ({detail})" if detail else ""))
+    if result["rows"]:
+        table = Table("document", "change", "status", "detail", title="changes")
+        for row in result["rows"]:
+            style = "red" if row["status"] == "failed" else None
+            table.add_row(row["document"], row["change"], row["status"], row["detail"], style=style)
+        out.print(table)
+    if result["registered"]:
+        table = Table("model", "version", "document", title="registered")
+        for row in result["registered"]:
+            table.add_row(row["model"], str(row["version"]), row["document"])
+        out.print(table)
+    for failure in result["failed"]:
+        out.print(f"[red]failed[/] {failure['document']}: {failure['reason']}", highlight=False)
+    out.print(
+        f"{result['generated']} generated, {result['passed']} passed QA, "
+        f"{len(result['registered'])} registered, "
+        f"{len(result['failed'])} failed, {result['retired']} retired"
+    )
+
+
+def generate(
+    doc_file: Annotated[Path, typer.Argument(help="A document: md, txt, html, pdf or docx.")],
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="Adapter folder to write (PEFT layout + instill.json).")
+    ],
+    config: ConfigOption = None,
+) -> None:
+    """Run the configured generator on one file and write its adapter folder."""
+    settings = settings_for(config)
+    gen_cfg = generator_config(settings)
+    if not doc_file.is_file():
+        fail(f"{doc_file}: no such file")
+    from tasks.generate import generate_file
+    from tasks.parse import ParseError
+
+    with user_errors(ParseError):
+        report = generate_file(settings, gen_cfg, doc_file, out_dir)
+    out.print(
+        f"wrote {out_dir} with {report['generator']} in {report['seconds']:.1f} s "
+        f"(adapter sha256 {report['adapter_sha256'][:12]})"
+    )
+
+
+ActorOption = Annotated[str | None, typer.Option("--actor", help="Who is acting (default: your login name).")]
+ReasonOption = Annotated[str | None, typer.Option("--reason", help="Why; recorded with the alias event.")]
+
+
+def promote(
+    document: Annotated[str, typer.Argument(help="SOURCE:KEY or the document's registered model name.")],
+    version: Annotated[
+        str | None, typer.Option("--version", help="Registry version (default: candidate).")
+    ] = None,
+    actor: ActorOption = None,
+    reason: ReasonOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Point a document's `production` alias at a version (default: its candidate)."""
+    settings = settings_for(config)
+    from tasks import lifecycle
+    from tasks.release import write_release
+
+    with user_errors():
+        move = lifecycle.promote(str(settings.config), document, version, actor=actor, reason=reason)
+        write_release(str(settings.config), actor=actor, reason=f"promote {document}")
+    out.print(f"{move.model}: production {move.from_version or '-'} -> {move.to_version}")
+
+
+def rollback(
+    document: Annotated[str | None, typer.Argument(help="SOURCE:KEY or registered model name.")] = None,
+    to: Annotated[
+        str | None, typer.Option("--to", help="Version (default: the previous production).")
+    ] = None,
+    release: Annotated[str | None, typer.Option("--release", help="Restore a whole release instead.")] = None,
+    actor: ActorOption = None,
+    reason: ReasonOption = None,
+    config: ConfigOption = None,
+) -> None:
+    """Move `production` back: for one document, or for every document to a release's versions."""
+    settings = settings_for(config)
+    from tasks import lifecycle
+    from tasks.release import write_release
+
+    cfg = str(settings.config)
+    if (document is None) == (release is None):
+        fail("name either a DOCUMENT or --release N")
+    with user_errors():
+        if release is not None:
+            moves = lifecycle.rollback_release(cfg, release, actor=actor, reason=reason)
+        else:
+            moves = [lifecycle.rollback(cfg, document, to, actor=actor, reason=reason)]
+            write_release(cfg, actor=actor, reason=f"rollback {document}")
+    for move in moves:
+        out.print(f"{move.model}: production {move.from_version or '-'} -> {move.to_version or '-'}")
+    if not moves:
+        out.print("nothing to move: production already matches")
+
+
+def releases(config: ConfigOption = None, as_json: JsonFlag = False) -> None:
+    """List the knowledge base's releases (manifests of every document's production version)."""
+    settings = settings_for(config)
+    from tasks.release import list_releases
+
+    with user_errors():
+        rows = list_releases(str(settings.config))
+    print_rows(rows, as_json, "releases")
+
+
+def status(config: ConfigOption = None, as_json: JsonFlag = False) -> None:
+    """What is in production for each live document."""
+    settings = settings_for(config)
+    from tasks import audit
+
+    with user_errors():
+        rows = audit.status(str(settings.config))
+    print_rows(rows, as_json, "production")
+
+
+def audit_adapter(
+    ref: Annotated[str, typer.Argument(help="NAME@VERSION or NAME@ALIAS")],
+    config: ConfigOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Where an adapter came from: source revision, hashes, generator, base model, QA, runs, alias events."""
+    settings = settings_for(config)
+    from tasks import audit
+
+    with user_errors():
+        record = audit.audit_adapter(str(settings.config), ref)
+    print_record(record, as_json)
+
+
+def audit_doc(
+    ref: Annotated[str, typer.Argument(help="SOURCE:KEY")],
+    config: ConfigOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """A document's versions, their adapters and every alias event of its model."""
+    settings = settings_for(config)
+    from tasks import audit
+
+    with user_errors():
+        record = audit.audit_document(str(settings.config), ref)
+    print_record(record, as_json)
+
+
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Apply the catalog's migrations (the embedded SQLite catalog is upgraded by `refresh` itself)."""
+    settings = settings_for(config)
+    from tasks.catalog.db import current_revision, upgrade
+
+    upgrade(settings.catalog)
+    out.print(f"catalog at revision {current_revision(settings.catalog)}")

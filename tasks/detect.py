@@ -1,0 +1,72 @@
+"""The refresh's `detect` step: open a refresh run for one source and ask its connector what changed.
+
+Changes are relative to the source's stored cursor and to the documents the catalog holds; changes the
+catalog already holds (a rerun over a range whose cursor did not move) are dropped. A source that fails
+as a whole is reported in the plan (``error``); the flow closes its run as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from tasks.catalog import queries
+from tasks.catalog.db import session_scope
+from tasks.catalog.models import RefreshRun
+from tasks.catalog.models import Source as SourceRow
+from tasks.runtime import runtime
+from tasks.sources import build_source
+from tasks.sources.base import Change, ChangeKind, Cursor, KnownDocument, load_cursor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SourcePlan:
+    source: str
+    run_id: int | None
+    changes: list[Change] = field(default_factory=list)
+    cursor: Cursor | None = None  # where the source will be once every change is recorded
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None
+
+
+def detect(config: str, source_name: str, flow_run_id: str | None = None) -> SourcePlan:
+    """Open a refresh run for one source and ask its connector what changed since the stored cursor."""
+    rt = runtime(config)
+    cfg = rt.source_config(source_name)
+    with session_scope(rt.sessions) as session:
+        row = queries.source_by_name(session, cfg.name)
+        if row is None:
+            row = SourceRow(name=cfg.name, kind=cfg.kind, uri=cfg.uri, config={})
+            session.add(row)
+        row.kind, row.uri = cfg.kind, cfg.uri
+        row.config = cfg.model_dump(mode="json", exclude={"name", "kind"})
+        session.flush()
+        run = RefreshRun(source_id=row.id, cursor_before=row.cursor, flow_run_id=flow_run_id, counts={})
+        session.add(run)
+        session.flush()
+        run_id, stored = run.id, row.cursor
+        known = queries.known_documents(session, row.id)
+    try:
+        connector = build_source(cfg, rt.settings)
+        warnings: list[str] = []
+        changeset = connector.changes(load_cursor(connector, stored, warnings), known)
+    except Exception as exc:  # a whole source failing must not stop the other sources
+        reason = f"{type(exc).__name__}: {exc}" if not str(exc).startswith(cfg.name) else str(exc)
+        return SourcePlan(cfg.name, run_id, error=reason)
+    warnings += changeset.warnings
+    for warning in warnings:
+        log.warning("%s", warning)
+    changes = [c for c in changeset.changes if not _already_recorded(c, known)]
+    return SourcePlan(cfg.name, run_id, changes, changeset.cursor, warnings)
+
+
+def _already_recorded(change: Change, known: dict[str, KnownDocument]) -> bool:
+    """True for a change the catalog already holds (a rerun over a range whose cursor did not move)."""
+    if change.kind is ChangeKind.DELETED:
+        return change.key not in known
+    current = known.get(change.key)
+    if change.kind is ChangeKind.RENAMED and change.old_key in known:
+        return False
+    return current is not None and current.revision == change.revision

@@ -1,0 +1,115 @@
+"""The refresh's `release` step, and releases in general: a manifest of every document's production version.
+
+A release is a version of the ``<kb>-release`` registered model whose one file, ``release.json``, lists
+each live document's production model version. A new release is written only when the production set
+differs from the latest one; ``instill rollback --release N`` restores a manifest (``tasks.lifecycle``).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from tasks.aliases import default_actor
+from tasks.catalog import queries
+from tasks.catalog.db import session_scope
+from tasks.catalog.models import Adapter
+from tasks.catalog.types import DocumentState
+from tasks.runtime import Runtime, runtime
+
+RELEASE_SUFFIX = "-release"
+MANIFEST = "release.json"
+
+
+def release_model(kb: str) -> str:
+    return f"{kb}{RELEASE_SUFFIX}"
+
+
+def production_manifest(session: Session, rt: Runtime) -> dict:
+    """Every live document's production adapter, as the catalog records it."""
+    documents = [
+        _manifest_entry(a)
+        for a in queries.production_adapters(session)
+        if a.registered_model and a.document_version.document.state is not DocumentState.DELETED
+    ]
+    return {"knowledge_base": rt.kb.name, "documents": documents}
+
+
+def _manifest_entry(adapter: Adapter) -> dict:
+    doc = adapter.document_version.document
+    return {
+        "document": doc.label,
+        "document_id": doc.id,
+        "model": adapter.registered_model,
+        "version": adapter.model_version,
+        "adapter_sha256": adapter.adapter_sha256,
+    }
+
+
+def write_release(
+    config: str,
+    *,
+    actor: str | None = None,
+    reason: str = "refresh",
+    flow_run_id: str | None = None,
+    restored_from: str | None = None,
+) -> str | None:
+    """Register the current production set as a new release version, unless it equals the latest release."""
+    rt = runtime(config)
+    with session_scope(rt.sessions) as session:
+        manifest = production_manifest(session, rt)
+    latest = latest_release(rt)
+    if latest is not None and latest[1]["documents"] == manifest["documents"]:
+        return None
+    manifest |= {
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "actor": actor or default_actor(),
+        "reason": reason,
+        "flow_run_id": flow_run_id,
+        "restored_from": restored_from,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        (folder / MANIFEST).write_text(
+            json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+        tags = {"reason": reason, "documents": str(len(manifest["documents"]))}
+        if restored_from:
+            tags["restored_from"] = restored_from
+        return rt.registry.register_file_version(release_model(rt.kb.name), folder, tags=tags)
+
+
+def latest_release(rt: Runtime) -> tuple[str, dict] | None:
+    versions = rt.registry.versions(release_model(rt.kb.name))
+    if not versions:
+        return None
+    latest = max(versions, key=int)
+    return latest, read_release(rt, latest)
+
+
+def read_release(rt: Runtime, version: str) -> dict:
+    folder = rt.registry.download_version(release_model(rt.kb.name), version)
+    return json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+
+
+def list_releases(config: str) -> list[dict]:
+    """Every release of the knowledge base, oldest first (`instill releases`)."""
+    rt = runtime(config)
+    out = []
+    for version in sorted(rt.registry.versions(release_model(rt.kb.name)), key=int):
+        manifest = read_release(rt, version)
+        out.append(
+            {
+                "release": version,
+                "created_at": manifest.get("created_at"),
+                "reason": manifest.get("reason"),
+                "actor": manifest.get("actor"),
+                "documents": len(manifest["documents"]),
+                "restored_from": manifest.get("restored_from"),
+            }
+        )
+    return out

@@ -1,0 +1,65 @@
+"""The refresh's `sweep` step: what the catalog says is left to do for a source, for the configured generator.
+
+Work is read from the catalog, not only from this run's changes, so a crashed run's leftovers (versions
+never generated, adapters never gated or registered, deleted documents never retired) are finished by the
+next run. The sweep also loads the configured generator and makes sure it has its ``generators`` row.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tasks.catalog import queries
+from tasks.catalog.db import session_scope
+from tasks.catalog.models import Generator
+from tasks.runtime import Runtime, runtime
+
+
+@dataclass(frozen=True)
+class Leftovers:
+    generator_id: int
+    versions: list[int] = field(default_factory=list)  # parsed versions no adapter of the generator covers
+    ungated: list[int] = field(default_factory=list)  # adapters with no QA verdict yet
+    unregistered: list[int] = field(default_factory=list)  # adapters with no registry version yet
+    deleted: list[int] = field(default_factory=list)  # deleted documents whose adapters are not retired
+
+
+def sweep(config: str, source_name: str) -> Leftovers:
+    """Everything the catalog holds undone for ``source_name``, before this run generates anything."""
+    rt = runtime(config)
+    generator_id = generator_row(rt)
+    with session_scope(rt.sessions) as session:
+        source = queries.source_by_name(session, source_name)
+        if source is None:
+            return Leftovers(generator_id)
+        return Leftovers(
+            generator_id,
+            versions=queries.pending_versions(session, source.id, generator_id),
+            ungated=queries.ungated_adapters(session, source.id),
+            unregistered=queries.unregistered_adapters(session, source.id),
+            deleted=queries.documents_to_retire(session, source.id),
+        )
+
+
+def generator_row(rt: Runtime) -> int:
+    """The catalog's ``generators`` row for the configured generator (created on first use)."""
+    gen = rt.generator()  # loads the base model once per process
+    fingerprint = gen.fingerprint()
+    with session_scope(rt.sessions) as session:
+        row = queries.generator_by_fingerprint(session, fingerprint)
+        if row is None:
+            info = gen.describe()
+            row = Generator(
+                name=f"{gen.name}:{fingerprint[:12]}",
+                kind=gen.name,
+                fingerprint=fingerprint,
+                base_model_id=info["base_model_id"],
+                base_model_revision=info.get("base_model_revision"),
+                base_model_sha256=info["base_model_sha256"],
+                checkpoint_sha256=info.get("checkpoint_sha256"),
+                config=info.get("config", {}),
+                metrics=info.get("metrics", {}),
+            )
+            session.add(row)
+            session.flush()
+        return row.id

@@ -1,0 +1,53 @@
+"""Settings: the knowledge-base file validated into one typed object, paths relative to the file."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from tasks.settings import ConfigError, Settings, load_knowledge_base
+
+
+def test_relative_paths_resolve_against_the_file_and_uris_hold_no_credentials(tmp_path):
+    config = tmp_path / "kb" / "instill.yaml"
+    config.parent.mkdir()
+    sources = [
+        {"kind": "local", "name": "docs", "path": "docs"},
+        {"kind": "git", "name": "repo", "url": "https://bot:s3cret@git.example/docs.git"},
+        {
+            "kind": "s3",
+            "name": "b",
+            "bucket": "bkt",
+            "prefix": "p/",
+            "endpoint_url": "http://u:pw@minio:9000",
+        },
+    ]
+    config.write_text(yaml.safe_dump({"name": "kb", "sources": sources}))
+    kb = load_knowledge_base(config)
+    local, git, s3 = kb.sources
+    assert local.path == (tmp_path / "kb" / "docs").resolve()
+    assert git.uri == "https://git.example/docs.git" and s3.uri == "http://minio:9000/bkt/p/"
+    assert kb.generator.name == "cd" and kb.gates.enabled and kb.promotion.auto_promote
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("- a list", "expected a mapping"),
+        ("name: kb\nsources: []", "sources"),
+        ("name: kb\nsources: [{kind: local, name: d, path: x, colour: red}]", "sources.0.colour"),
+    ],
+)
+def test_config_problems_name_the_key(tmp_path, text, message):
+    config = tmp_path / "instill.yaml"
+    config.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        load_knowledge_base(config)
+
+
+def test_state_lives_under_the_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("INSTILL_HOME", str(tmp_path / "h"))
+    monkeypatch.delenv("INSTILL_CATALOG_URL", raising=False)
+    settings = Settings()
+    assert settings.catalog == f"sqlite:///{tmp_path / 'h' / 'catalog.db'}"
+    assert settings.store_root == tmp_path / "h" / "store"
