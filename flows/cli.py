@@ -19,8 +19,10 @@ audit_app = typer.Typer(
     no_args_is_help=True, help="Lineage: adapter -> document revision, and every move after."
 )
 db_app = typer.Typer(no_args_is_help=True, help="The SQL catalog.")
+corpus_app = typer.Typer(no_args_is_help=True, help="The hypernetwork's real-text training corpus.")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+app.add_typer(corpus_app, name="corpus")
 
 # The weekly job and its operations.
 app.command("refresh")(kb.refresh)
@@ -37,3 +39,4 @@ db_app.command("upgrade")(kb.db_upgrade)
 app.command("train-hypernet")(ml.train_hypernet)
 app.command("eval")(ml.evaluate)
 app.command("bench")(ml.bench)
+corpus_app.command("build")(ml.corpus_build)

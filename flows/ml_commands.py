@@ -180,3 +180,38 @@ def register(app: typer.Typer) -> None:
     app.command("train-hypernet")(train_hypernet)
     app.command("eval")(evaluate)
     app.command("bench")(bench)
+
+
+def corpus_build(
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Corpus folder (default: <INSTILL_HOME>/corpus).")
+    ] = None,
+    packages: Annotated[
+        str | None, typer.Option(help="Comma-separated subset of the source packages (default: all).")
+    ] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Re-parse every file.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Build the hypernetwork's real-prose corpus from Debian documentation packages (reproducibly)."""
+    from tasks.corpus import DEFAULT_PACKAGES, BuildConfig, CorpusError, build_corpus
+
+    settings = settings_for(config)
+    chosen = DEFAULT_PACKAGES
+    if packages:
+        wanted = {p.strip() for p in packages.split(",") if p.strip()}
+        unknown = sorted(wanted - {p.name for p in DEFAULT_PACKAGES})
+        if unknown:
+            fail(f"unknown corpus package(s) {unknown}; known: {[p.name for p in DEFAULT_PACKAGES]}")
+        chosen = tuple(p for p in DEFAULT_PACKAGES if p.name in wanted)
+    target = out_dir or settings.home / "corpus"
+    try:
+        manifest = build_corpus(target, chosen, Path("/"), config=BuildConfig(cache=not no_cache))
+    except CorpusError as exc:
+        fail(str(exc))
+    counts = manifest["counts"]
+    out.print(
+        f"{target}: {counts['train']} train + {counts['heldout']} held-out documents; "
+        f"documents_sha256 {manifest['documents_sha256']}",
+        highlight=False,
+    )
+

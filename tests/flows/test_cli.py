@@ -117,3 +117,9 @@ def test_every_command_takes_config():
         if not any("--config" in p.opts for p in command.params)
     ]
     assert missing == []
+
+
+def test_corpus_build_names_an_unknown_package_in_one_line(tmp_path):
+    code, output = instill("corpus", "build", "--packages", "no-such-doc", "--out", str(tmp_path / "c"))
+    assert code == 2 and "no-such-doc" in output and "Traceback" not in output
+    assert not (tmp_path / "c").exists()
