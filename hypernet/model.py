@@ -75,12 +75,19 @@ class HypernetConfig:
     bias_rank: int = 8  # the document-independent bias LoRA
     alpha: float = 0.0  # multiplier on B; 0 means D2L's 2 * rank**1.5
     chunk_tokens: int = 256  # document content tokens per chunk
+    # How chunk LoRAs combine: "sum" (D2L: concatenated as they are) or "mean" (each chunk's B scaled by
+    # 1/chunks, so a long document's update has the magnitude of one chunk's). Summing made 2- and
+    # 4-chunk adapters of a network trained on single chunks far worse than 1-chunk ones
+    # (docs/eval-real.md): the document-independent part of every chunk's update adds up.
+    chunk_merge: str = "mean"
 
     def __post_init__(self) -> None:
         if self.alpha == 0.0:
             self.alpha = 2.0 * self.rank**1.5
         if self.d % self.n_heads:
             raise ValueError(f"HypernetConfig: d={self.d} is not divisible by n_heads={self.n_heads}")
+        if self.chunk_merge not in ("sum", "mean"):
+            raise ValueError(f"HypernetConfig: chunk_merge must be 'sum' or 'mean', got {self.chunk_merge!r}")
         if min(self.rank, self.bias_rank, self.n_latents, self.n_blocks, self.chunk_tokens) < 1:
             raise ValueError(f"HypernetConfig: ranks, latents, blocks and chunk_tokens must be >= 1: {self}")
 
@@ -223,6 +230,8 @@ class Hypernet(nn.Module):
         A, B = self(features.to(dev), mask.to(dev))  # [n_chunks, L, r, ·]
         if max(counts) == 1:
             return A, B
+        weight = torch.tensor([self.chunk_weight(n) for n in counts for _ in range(n)], device=dev)
+        B = B * weight[:, None, None, None].to(B.dtype)
         D, c, (_, L, r, d_in), d_out = len(docs), max(counts), A.shape, B.shape[2]
         A_out = A.new_zeros(D, c, L, r, d_in)
         B_out = B.new_zeros(D, c, L, d_out, r)
@@ -233,6 +242,10 @@ class Hypernet(nn.Module):
         A_out = A_out.permute(0, 2, 1, 3, 4).reshape(D, L, c * r, d_in)
         B_out = B_out.permute(0, 2, 3, 1, 4).reshape(D, L, d_out, c * r)
         return A_out, B_out
+
+    def chunk_weight(self, n_chunks: int) -> float:
+        """The factor on each chunk's B when a document has ``n_chunks`` chunks (see ``chunk_merge``)."""
+        return 1.0 / n_chunks if self.cfg.chunk_merge == "mean" else 1.0
 
     def bias_factors(self) -> tuple[Tensor, Tensor]:
         """The bias LoRA: A ``[L, rb, d_in]``, B ``[L, d_out, rb]``."""
@@ -267,6 +280,7 @@ class Hypernet(nn.Module):
         device = self.head_A.device
         features, mask = pad_features(chunks)
         A, B = self(features.to(device), mask.to(device))  # [n, L, r, d_in], [n, L, d_out, r]
+        B = B * self.chunk_weight(len(chunks))
         bias_A, bias_B = self.bias_factors()
         n, r = len(chunks), self.cfg.rank
         As, Bs = {}, {}

@@ -57,8 +57,9 @@ def test_untrained_network_leaves_the_model_logits_exactly_unchanged(tiny_base):
     assert torch.equal(adapted, _logits(tiny_base, ids))
 
 
-def test_multi_chunk_document_gets_rank_chunks_times_r_plus_bias(tiny_base):
-    net = _net(tiny_base)
+@pytest.mark.parametrize("merge", ["sum", "mean"])
+def test_multi_chunk_document_gets_rank_chunks_times_r_plus_bias(tiny_base, merge):
+    net = _net(tiny_base, chunk_merge=merge)
     _perturb(net)
     chunks = FeatureEncoder(tiny_base, FeatureConfig(chunk_tokens=16)).encode(TEXT)
     assert len(chunks) >= 3
@@ -67,12 +68,17 @@ def test_multi_chunk_document_gets_rank_chunks_times_r_plus_bias(tiny_base):
     for path in net.cfg.module_paths:
         assert adapter.A[path].shape == (adapter.rank, 128)
         assert adapter.B[path].shape == (64, adapter.rank)
-    # concatenation along rank = sum of the chunks' updates, with the bias added exactly once
+    # concatenation along rank = sum (or mean) of the chunks' updates, with the bias added exactly once
     parts = [net.generate([c]) for c in chunks]
     bias = net.bias_only()
     path = net.cfg.module_paths[1]
-    expected = sum(p.delta(path) - bias.delta(path) for p in parts) + bias.delta(path)
+    weight = 1.0 if merge == "sum" else 1.0 / len(chunks)
+    expected = weight * sum(p.delta(path) - bias.delta(path) for p in parts) + bias.delta(path)
     torch.testing.assert_close(adapter.delta(path), expected, atol=1e-5, rtol=1e-4)
+    # training's batched factors for the same document give the same update
+    A, B = net.document_factors([chunks])
+    generated = B[0, 1] @ A[0, 1]
+    torch.testing.assert_close(generated + bias.delta(path), adapter.delta(path), atol=1e-5, rtol=1e-4)
 
 
 def test_batched_training_adapter_matches_generate(tiny_base):
