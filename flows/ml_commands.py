@@ -39,15 +39,6 @@ def _progress(record: dict[str, Any]) -> None:
     console.print(json.dumps(record), highlight=False)
 
 
-def _generator_options(cd_steps: int | None, refine_steps: int | None) -> dict[str, dict[str, Any]]:
-    options: dict[str, dict[str, Any]] = {}
-    if cd_steps is not None:
-        options["cd"] = {"steps": cd_steps}
-    if refine_steps is not None:
-        options["hypernet+cd"] = {"steps": refine_steps}
-    return options
-
-
 def train_hypernet(
     out_dir: Annotated[Path, typer.Option("--out", help="Run dir: checkpoint/, metrics.jsonl, final/.")],
     base: BaseOption = DEFAULT_BASE_MODEL,
@@ -80,6 +71,28 @@ def train_hypernet(
     )
 
 
+def config_fields(cls: type, sets: list[str] | None, **given: Any) -> Any:
+    """``cls`` (a frozen dataclass) from ``--set KEY=VALUE`` items: values parsed as JSON, lists as tuples.
+
+    The one override style of the ML commands (``train-hypernet`` uses the same ``--set``).
+    """
+    from hypernet.train import parse_overrides
+
+    try:
+        options = parse_overrides(sets or [])
+    except ValueError as exc:
+        fail(str(exc))
+    known = set(cls.__dataclass_fields__)
+    unknown = sorted(set(options) - known)
+    if unknown:
+        fail(f"unknown --set field(s) {unknown}; known: {sorted(known)}")
+    options = {k: tuple(v) if isinstance(v, list) else v for k, v in options.items()}
+    try:
+        return cls(**(given | options))
+    except (TypeError, ValueError) as exc:
+        fail(str(exc))
+
+
 def evaluate(
     json_path: Annotated[Path, typer.Option("--json", help="Write the results here (JSON).")],
     md_path: Annotated[
@@ -87,43 +100,37 @@ def evaluate(
     ] = None,
     base: BaseOption = DEFAULT_BASE_MODEL,
     checkpoint: CheckpointOption = None,
-    synthetic_docs: Annotated[int, typer.Option(help="Held-out synthetic documents.")] = 48,
-    real_docs: Annotated[int, typer.Option(help="Held-out real-text documents.")] = 24,
-    em_docs: Annotated[int, typer.Option(help="Synthetic documents also answered greedily.")] = 12,
-    real_em_docs: Annotated[int, typer.Option(help="Real documents also answered greedily.")] = 6,
-    generator_docs: Annotated[int, typer.Option(help="Synthetic documents every generator runs on.")] = 4,
-    real_generator_docs: Annotated[int, typer.Option(help="Real documents every generator runs on.")] = 2,
-    generators: Annotated[
-        str, typer.Option(help="Comma-separated generators to compare.")
-    ] = "hypernet,cd,hypernet+cd",
-    cd_steps: Annotated[int | None, typer.Option(help="Steps of the `cd` generator.")] = None,
-    refine_steps: Annotated[int | None, typer.Option(help="Refinement steps of `hypernet+cd`.")] = None,
+    corpus: Annotated[
+        Path | None,
+        typer.Option(
+            help="Built corpus for the real section (default: <INSTILL_HOME>/corpus when built)."
+        ),
+    ] = None,
+    gates: Annotated[
+        bool, typer.Option("--gates/--no-gates", help="Run the QA gates on real adapters.")
+    ] = True,
+    sets: SetOption = None,
     device: DeviceOption = None,
     threads: ThreadsOption = 1,
     config: ConfigOption = None,
 ) -> None:
-    """Measure the generators on held-out documents: five conditions, gap closed with CIs, exact match."""
+    """Measure the generators on held-out documents: gap closed with CIs, multiple choice, exact match,
+    gate pass rates, by probe type and document length; generators side by side (``--set`` any field of
+    hypernet.generator_eval.EvalConfig, e.g. ``--set real_bucket_docs=[6,3,2]``)."""
     settings = settings_for(config)
     from hypernet.generator_eval import EvalConfig, run_eval, to_markdown
     from hypernet.generators import GeneratorError
+    from tasks.qa import evaluation_gate
 
-    try:
-        cfg = EvalConfig(
-            synthetic_docs=synthetic_docs,
-            real_docs=real_docs,
-            em_docs=em_docs,
-            real_em_docs=real_em_docs,
-            generator_docs=generator_docs,
-            real_generator_docs=real_generator_docs,
-            generators=tuple(g.strip() for g in generators.split(",") if g.strip()),
-            generator_options=_generator_options(cd_steps, refine_steps),
-            checkpoint=str(checkpoint) if checkpoint else None,
-        )
-    except ValueError as exc:
-        fail(str(exc))
+    built = settings.home / "corpus"
+    corpus_dir = corpus or (built if (built / "manifest.json").is_file() else None)
+    cfg = config_fields(
+        EvalConfig, sets, checkpoint=str(checkpoint) if checkpoint else None,
+        corpus=str(corpus_dir) if corpus_dir else None,
+    )  # fmt: skip
     model = _load_base(settings, base, device, threads)
     try:
-        result = run_eval(model, cfg, _progress)
+        result = run_eval(model, cfg, _progress, gate=evaluation_gate() if gates else None)
     except GeneratorError as exc:
         fail(str(exc))
     write_report(result, to_markdown(result), json_path, md_path)
@@ -136,50 +143,24 @@ def bench(
     ] = None,
     base: BaseOption = DEFAULT_BASE_MODEL,
     checkpoint: CheckpointOption = None,
-    docs: Annotated[int, typer.Option(help="Documents timed with every generator.")] = 4,
-    generators: Annotated[
-        str, typer.Option(help="Comma-separated generators to time.")
-    ] = "hypernet,cd,hypernet+cd",
-    cd_steps: Annotated[int | None, typer.Option(help="Steps of the `cd` generator.")] = None,
-    refine_steps: Annotated[int | None, typer.Option(help="Refinement steps of `hypernet+cd`.")] = None,
-    long_tokens: Annotated[
-        int, typer.Option(help="Length of the long document timed with `hypernet`.")
-    ] = 512,
-    repeats: Annotated[int, typer.Option(help="Repeats of the long-document timing (median).")] = 3,
+    sets: SetOption = None,
     device: DeviceOption = None,
     threads: ThreadsOption = 1,
     config: ConfigOption = None,
 ) -> None:
-    """Time the generators side by side (ratios), a 512-token document, and peak memory."""
+    """Time the generators side by side (ratios), a 512-token document, and peak memory (``--set`` any
+    field of hypernet.bench.BenchConfig, e.g. ``--set docs=2``)."""
     settings = settings_for(config)
     from hypernet.bench import BenchConfig, run_bench, to_markdown
     from hypernet.generators import GeneratorError
 
-    try:
-        cfg = BenchConfig(
-            docs=docs,
-            generators=tuple(g.strip() for g in generators.split(",") if g.strip()),
-            generator_options=_generator_options(cd_steps, refine_steps),
-            checkpoint=str(checkpoint) if checkpoint else None,
-            long_tokens=long_tokens,
-            repeats=repeats,
-        )
-    except ValueError as exc:
-        fail(str(exc))
+    cfg = config_fields(BenchConfig, sets, checkpoint=str(checkpoint) if checkpoint else None)
     model = _load_base(settings, base, device, threads)
     try:
         result = run_bench(model, cfg, _progress)
     except GeneratorError as exc:
         fail(str(exc))
     write_report(result, to_markdown(result), json_path, md_path)
-
-
-def register(app: typer.Typer) -> None:
-    """Transitional: adds these commands to ``app`` for the hypernet tests that build their own app
-    (tests/test_eval.py, tests/test_bench.py); once they use ``flows.cli.app``, this goes."""
-    app.command("train-hypernet")(train_hypernet)
-    app.command("eval")(evaluate)
-    app.command("bench")(bench)
 
 
 def corpus_build(
@@ -214,4 +195,3 @@ def corpus_build(
         f"documents_sha256 {manifest['documents_sha256']}",
         highlight=False,
     )
-

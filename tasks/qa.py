@@ -462,3 +462,16 @@ def _json_safe(value: Any) -> Any:
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None or not math.isfinite(value) else f"{value:.4g}"
+
+
+def evaluation_gate(cfg: GatesConfig | None = None):
+    """The gates as a callable for ``hypernet.generator_eval.run_eval`` (which cannot import tasks):
+    ``gate(base, weights, document, other_text)`` -> {"passed": bool, "gates": {suite: bool}}."""
+    cfg = cfg or GatesConfig()
+
+    def gate(base: LanguageModel, weights: LoraWeights, document: Any, other_text: str) -> dict[str, Any]:
+        probes, other = load_probes(document.text, None, cfg), load_probes(other_text, None, cfg)
+        report = run_gates(base, weights, document.text, probes, cfg, other_probes=other)
+        return {"passed": report.passed, "gates": {g.suite: g.passed for g in report.gates}}
+
+    return gate

@@ -65,26 +65,15 @@ def test_bench_config_needs_the_hypernet_reference() -> None:
 def test_bench_command_writes_json_and_markdown(
     tiny_model_dir: Path, checkpoint: Path, tmp_path, monkeypatch
 ):
-    import typer
     from typer.testing import CliRunner
 
-    from flows.ml_commands import register
+    from flows.cli import app
 
     monkeypatch.setenv("INSTILL_HOME", str(tmp_path / ".instill"))
-    app = typer.Typer()
-    app.command("noop")(lambda: None)
-    register(app)
     args = ["bench", "--json", str(tmp_path / "b.json"), "--md", str(tmp_path / "b.md"), "--base"]
-    args += [
-        str(tiny_model_dir),
-        "--checkpoint",
-        str(checkpoint),
-        "--docs",
-        "1",
-        "--generators",
-        "hypernet,cd",
-    ]
-    args += ["--cd-steps", "1", "--long-tokens", "40", "--repeats", "1"]
+    args += [str(tiny_model_dir), "--checkpoint", str(checkpoint), "--set", "docs=1"]
+    args += ["--set", 'generators=["hypernet","cd"]', "--set", 'generator_options={"cd":{"steps":1}}']
+    args += ["--set", "long_tokens=40", "--set", "repeats=1"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "b.json").read_text())

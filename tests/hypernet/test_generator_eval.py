@@ -150,23 +150,22 @@ def test_heldout_probes_never_ask_for_what_context_distillation_trains_on() -> N
 
 
 def test_eval_command_writes_json_and_markdown(tiny_model_dir: Path, checkpoint: Path, tmp_path, monkeypatch):
-    import typer
     from typer.testing import CliRunner
 
-    from flows.ml_commands import register
+    from flows.cli import app
 
     monkeypatch.setenv("INSTILL_HOME", str(tmp_path / ".instill"))
-    app = typer.Typer()
-    app.command("noop")(lambda: None)
-    register(app)
     args = ["eval", "--json", str(tmp_path / "e.json"), "--base", str(tiny_model_dir), "--checkpoint"]
-    args += [str(checkpoint), "--synthetic-docs", "3", "--real-docs", "2", "--em-docs", "1"]
-    args += ["--generator-docs", "2", "--generators", "hypernet,cd", "--cd-steps", "1"]
+    args += [str(checkpoint), "--no-gates", "--set", "synthetic_docs=3", "--set", "real_docs=2"]
+    args += ["--set", "em_docs=1", "--set", "generator_docs=2", "--set", 'generators=["hypernet","cd"]']
+    args += ["--set", 'generator_options={"cd":{"steps":1}}']
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     data = json.loads((tmp_path / "e.json").read_text())
     assert set(data["generators"]) == {"hypernet", "cd"} and data["synthetic"]["docs"] == 3
     assert "| cd |" in (tmp_path / "e.md").read_text()
+    unknown = CliRunner().invoke(app, [*args[:5], "--set", "no_such_field=1"])
+    assert unknown.exit_code == 2 and "no_such_field" in unknown.output
     bad = CliRunner().invoke(app, [*args[:5], "--checkpoint", str(tmp_path / "none")])
     assert bad.exit_code == 2 and "no hypernetwork checkpoint" in bad.output
 

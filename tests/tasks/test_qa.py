@@ -24,6 +24,7 @@ from tasks.qa import (
     QAFileError,
     auto_probes,
     context_part,
+    evaluation_gate,
     load_probes,
     parse_qa,
     qa_path_for,
@@ -367,3 +368,11 @@ def _print_report(name: str, report, seconds: float, generation_s: float) -> Non
     for gate in report.gates:
         values = ", ".join(f"{m.name}={m.value:.3f}" for m in gate.metrics if m.value is not None)
         print(f"  {gate.suite} ({gate.seconds:.1f} s): {values or gate.skipped}")
+
+
+def test_the_evaluation_gate_reports_the_refresh_verdict_per_suite(tiny_base, adapter_a) -> None:
+    from hypernet.data import Document
+
+    verdict = evaluation_gate(CFG)(tiny_base, zero_adapter(adapter_a), Document("a", DOC_A, ()), DOC_B)
+    assert verdict["passed"] is False and verdict["gates"][KNOWLEDGE] is False
+    assert set(verdict["gates"]) >= {KNOWLEDGE, SPECIFICITY, PRESERVATION}
