@@ -13,7 +13,8 @@ from transformers import AutoModelForCausalLM
 
 from hypernet.adapter import save_adapter
 from hypernet.base_model import chat_ids
-from hypernet.cd import CDError, _pad_id, _right_pad, build_targets, distill, distill_loss
+from hypernet.batching import pad_id, right_pad
+from hypernet.cd import CDError, build_targets, distill, distill_loss
 from hypernet.config import CDConfig
 from hypernet.lora import applied
 from hypernet.probes import QUESTION_PREFIX, Probe, held_out_split, sentence_probes
@@ -65,7 +66,7 @@ def test_shared_prefix_teacher_matches_full_sequences(tiny_base) -> None:
     probes = sentence_probes(DOC)
     targets = build_targets(tiny_base, DOC, probes)
     seqs = [chat_ids(tiny_base.tokenizer, f"{DOC}\n\n{p.question}", p.answer) for p in probes]
-    ids, mask, predict = _right_pad(seqs, _pad_id(tiny_base.tokenizer))
+    ids, mask, predict = right_pad(seqs, pad_id(tiny_base.tokenizer))
     with torch.no_grad():
         full = F.log_softmax(tiny_base.model(input_ids=ids, attention_mask=mask).logits[predict], -1)
     assert targets.teacher_logp.shape == full.shape == (targets.num_answer_tokens, len(tiny_base.tokenizer))
