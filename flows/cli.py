@@ -11,6 +11,7 @@ import typer
 
 from flows import kb_commands as kb
 from flows import ml_commands as ml
+from flows import serve_commands as sv
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Keep a model's knowledge current with adapters."
@@ -37,3 +38,10 @@ db_app.command("upgrade")(kb.db_upgrade)
 app.command("train-hypernet")(ml.train_hypernet)
 app.command("eval")(ml.evaluate)
 app.command("bench")(ml.bench)
+
+# Answering from the knowledge base, and serving it.
+app.command("ask")(sv.ask)
+app.command("serve")(sv.serve)
+app.command("export")(sv.export)
+app.command("validate-adapter")(sv.validate)
+app.command("eval-kb")(sv.eval_kb)
