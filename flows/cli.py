@@ -45,3 +45,7 @@ app.command("serve")(sv.serve)
 app.command("export")(sv.export)
 app.command("validate-adapter")(sv.validate)
 app.command("eval-kb")(sv.eval_kb)
+
+
+if __name__ == "__main__":
+    app()

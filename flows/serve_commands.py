@@ -122,8 +122,8 @@ def serve(
     """An OpenAI-compatible API (/v1/models, /v1/chat/completions) and a page (/) over the knowledge base."""
     settings = settings_for(config)
     import uvicorn
-    from tasks.serve import create_app
 
+    from flows.serve import create_app
     from tasks.answer import Answerer, AnswerError
 
     with user_errors(AnswerError):

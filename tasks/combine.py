@@ -39,7 +39,8 @@ def combine(
         how = "linear"  # PEFT does the same: one adapter is combined linearly
     if how == "cat":
         A = {
-            p: torch.cat([a.A[p] * w * a.scaling for a, w in zip(adapters, weights, strict=True)], dim=-2) for p in modules
+            p: torch.cat([a.A[p] * w * a.scaling for a, w in zip(adapters, weights, strict=True)], dim=-2)
+            for p in modules
         }
         B = {p: torch.cat([a.B[p] for a in adapters], dim=-1) for p in modules}
         return LoraWeights(A, B, 1.0)

@@ -1,4 +1,4 @@
-"""Routing a question to the documents that can answer it: BM25 over the parsed text, or embeddings."""
+"""Routing a question to the documents that can answer it: BM25 over the parsed text, or embeddings.
 
 - ``bm25``: Okapi BM25 from ``bm25s`` (sparse-matrix BM25, maintained, no dependency beyond numpy/scipy),
   English stop words removed, no stemmer.

@@ -6,17 +6,16 @@ import json
 
 import pytest
 
-from tests.fixtures.kb import instill, refresh
+from tests.fixtures.kb import instill
+from tests.fixtures.serving import served_kb, served_kb_session  # noqa: F401
 
 
 @pytest.fixture
-def live_kb(kb, tmp_path):
-    code, summary, output = refresh(kb, tmp_path / "summary.json")
-    assert code == 0, output
-    return kb
+def live_kb(served_kb):  # noqa: F811
+    return served_kb.config
 
 
-def test_ask_names_the_production_adapter_and_caches_it_by_sha256(live_kb, tmp_path):
+def test_ask_names_the_production_adapter_and_caches_it_by_sha256(live_kb, served_kb):  # noqa: F811
     from tasks.answer import Answerer
 
     answerer = Answerer(str(live_kb), strategy="top1")
@@ -24,7 +23,7 @@ def test_ask_names_the_production_adapter_and_caches_it_by_sha256(live_kb, tmp_p
     assert set(docs) == {"docs:alpha.md", "docs:beta.txt", "docs:gamma.html"}
     plan = answerer.plan("question", ["docs:beta.txt"])
     assert [d.label for d in plan.documents] == ["docs:beta.txt"] and not plan.routed
-    cached = tmp_path / ".instill" / "serving" / "adapters" / docs["docs:beta.txt"].sha256
+    cached = served_kb.home / "serving" / "adapters" / docs["docs:beta.txt"].sha256
     assert (cached / "adapter_model.safetensors").is_file()
     result = answerer.answer("Who leads the crew?", ["docs:beta.txt"])
     assert result["adapters"][0]["version"] == docs["docs:beta.txt"].version
