@@ -138,9 +138,7 @@ def create_app(answerer: Answerer) -> FastAPI:
         raw = await request.body()
         secret = os.environ.get(secret_env) if secret_env else None
         if secret and not _valid_signature(secret, raw, request.headers):
-                return error(
-                    401, "invalid webhook signature", type_="authentication_error", code="bad_signature"
-                )
+            return error(401, "invalid webhook signature", type_="authentication_error", code="bad_signature")
         answerer.view.invalidate()
         app.state.webhook_calls += 1
         return {"ok": True}
@@ -315,6 +313,7 @@ def _page(answerer: Answerer, q: str | None, answer: dict | None) -> str:
         + ", ".join(
             f"{e(k)}={v:.3g}" if isinstance(v, float) else f"{e(k)}=-" for k, v in sorted(d.qa.items())
         )
+        + ("" if d.qa else "(not measured)")
         + "</td></tr>"
         for d in docs
     )

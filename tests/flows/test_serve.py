@@ -93,3 +93,36 @@ def test_an_alias_move_is_followed_without_restart(client, served_kb):  # noqa: 
     while beta_version() != "2":
         assert time.monotonic() < deadline
         time.sleep(0.3)
+
+
+def test_the_page_renders_documents_and_an_answer_in_headless_chromium(server, tmp_path):  # noqa: F811
+    import shutil
+    import subprocess
+    import urllib.parse
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
+    url = f"{server.url}/?q=" + urllib.parse.quote("Where is Gamma tea grown?")
+    flags = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--hide-scrollbars",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1100,700",
+    ]
+    dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=90).stdout
+    for label in ("docs:alpha.md", "docs:beta.txt", "docs:gamma.html", "Last refresh: succeeded"):
+        assert label in dom
+    assert "<b>A:</b>" in dom and "documents: docs:gamma.html" in dom
+    png = tmp_path / "page.png"
+    subprocess.run([*flags, f"--screenshot={png}", url], capture_output=True, timeout=90, check=True)
+    from PIL import Image
+
+    image = Image.open(png).convert("L")
+    assert image.size == (1100, 700)
+    # Text was drawn: a blank or error page is (nearly) one colour.
+    assert len(set(image.getdata())) > 20 and image.getextrema()[0] < 80
+    shutil.copy(png, server.log.parent / "page.png")
