@@ -145,6 +145,7 @@ def eval_kb(
     steps: Annotated[int, typer.Option("--steps", help="CD steps (cd generators).")] = 10,
     base_model: Annotated[str, typer.Option("--base-model")] = "smollm2-135m-instruct",
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.")] = None,
+    distractors: Annotated[Path | None, typer.Option("--distractors", help="A documents.jsonl.")] = None,
     config: ConfigOption = None,
 ) -> None:
     """Measure routing and answering strategies over the shipped multi-document question set."""
@@ -157,6 +158,7 @@ def eval_kb(
         steps=steps,
         base_model=base_model,
         limit=limit,
+        distractors=distractors,
     )
     try:
         result = run_eval_kb(cfg, settings, out_dir, log=lambda m: console.print(m, highlight=False))
