@@ -205,6 +205,7 @@ def run_eval_kb(
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval-kb.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(result, out_dir / "eval-kb.png")
+    write_markdown(out_dir)
     log(f"done in {result['minutes']:.1f} min; best strategy {best}")
     return result
 
@@ -271,3 +272,53 @@ def _plot(result: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def write_markdown(d: Path) -> Path:
+    """docs/eval-kb.md from eval-kb.json (or, while a run is going, eval-kb.partial.json)."""
+    full = (d / "eval-kb.json").exists()
+    r = json.loads((d / ("eval-kb.json" if full else "eval-kb.partial.json")).read_text())
+    L = []
+    L.append("# Many documents at once: routing and answering strategies (`instill eval-kb`)\n")
+    L.append(
+        "Command (SmolLM2-135M-Instruct, hypernet adapters from the shipped checkpoint, `OMP_NUM_THREADS=1`, one torch thread, on a 2-core machine shared with a training job):\n"  # noqa: E501
+    )
+    L.append(
+        "```sh\nOMP_NUM_THREADS=1 instill eval-kb --out docs --distractors .instill/corpus/documents.jsonl   # sizes 20,200,1000\n```\n"  # noqa: E501
+    )
+    L.append(
+        'Question set: `tasks/data/kb_questions.json`: 20 fictional documents (a lighthouse, a ferry, a comet, ...; 40-50 words each), 68 questions, 8 of them needing two documents ("Who captains the ferry that carries Velm tea?"), each with a gold answer and three wrong answers of the same kind. Distractors: real-text documents (Debian and Python documentation from the corpus, 150 words each) added to the knowledge base: 20 -> 200 -> 1,000 documents.\n'  # noqa: E501
+    )
+    if not full:
+        L.append(
+            "**Status: partial.** The run did not finish inside this session's time; the tables hold what was measured (the run writes `eval-kb.partial.json` after every strategy). Rerun the command for the rest.\n"  # noqa: E501
+        )
+    L.append(
+        "## Routing\n\nP@1: the top document is a gold one. P@2: gold documents among the top 2, / 2. recall@2: fraction of a question's gold documents in the top 2.\n"  # noqa: E501
+    )
+    L.append("| router | documents | P@1 | P@2 | recall@2 |\n|---|---|---|---|---|")
+    for kind, by in r["routing"].items():
+        for size, m in sorted(by.items(), key=lambda x: int(x[0])):
+            L.append(f"| {kind} | {size} | {m['p@1']:.3f} | {m['p@2']:.3f} | {m['recall@2']:.3f} |")
+    L.append(
+        "\nThe embedding router (mean-pooled SmolLM2 hidden states) was measured up to 200 documents: embedding 200 documents took 601 s on one loaded thread, so 1,000 did not fit the 20-minute budget; it already loses 30 points of P@1 to BM25 at 20 documents.\n"  # noqa: E501
+    )
+    L.append(
+        "## Answers (routed with BM25, top-2)\n\nMC accuracy: the gold answer has the lowest mean NLL of the four (chance 0.25). NLL: mean per-token NLL of the gold answer. EM: greedy answer (16 tokens) contains the gold answer. Seconds: per answer, including combining adapters (and greedy generation where EM is measured).\n"  # noqa: E501
+    )
+    L.append(
+        "| documents | strategy | MC accuracy | MC, two-document questions | gold NLL | EM | s/answer |\n|---|---|---|---|---|---|---|"  # noqa: E501
+    )
+    for size, by in sorted(r["answers"].items(), key=lambda x: int(x[0])):
+        for s, m in by.items():
+            em = f"{m['exact_match']:.3f}" if "exact_match" in m else "-"
+            L.append(
+                f"| {size} | {s} | {m['mc_accuracy']:.3f} | {m['mc_accuracy_two_doc']:.3f} | {m['answer_nll']:.3f} | {em} | {m['seconds_per_answer']:.2f} |"  # noqa: E501
+            )
+    if full:
+        L.append(
+            f"\nBest strategy (MC accuracy at 20 documents, then EM, then NLL): **{r['best_strategy']}**; the run took {r['minutes']:.1f} min.\n"  # noqa: E501
+        )
+        L.append("![routing and accuracy](eval-kb.png)\n")
+    (d / "eval-kb.md").write_text("\n".join(L) + "\n")
+    return d / "eval-kb.md"
