@@ -11,6 +11,7 @@ import typer
 
 from flows import kb_commands as kb
 from flows import ml_commands as ml
+from flows import serve_commands as sv
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Keep a model's knowledge current with adapters."
@@ -40,3 +41,14 @@ app.command("train-hypernet")(ml.train_hypernet)
 app.command("eval")(ml.evaluate)
 app.command("bench")(ml.bench)
 corpus_app.command("build")(ml.corpus_build)
+
+# Answering from the knowledge base, and serving it.
+app.command("ask")(sv.ask)
+app.command("serve")(sv.serve)
+app.command("export")(sv.export)
+app.command("validate-adapter")(sv.validate)
+app.command("eval-kb")(sv.eval_kb)
+
+
+if __name__ == "__main__":
+    app()

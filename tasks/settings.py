@@ -175,12 +175,31 @@ class GatesConfig(_Strict):
     suite_version: str = Field(default="1", min_length=1, max_length=32)
 
 
+class ServingConfig(_Strict):
+    """How `instill ask` and `instill serve` answer (see tasks.answer, tasks.route, docs/eval-kb.md)."""
+
+    # top1: the best-routed document's adapter; cat / linear: the top-k adapters combined as PEFT's
+    # add_weighted_adapter does; rag: the top-k documents' text in the prompt, no adapter; rag+cat: both.
+    # The default is the strategy measured best by `instill eval-kb` (docs/eval-kb.md).
+    strategy: Literal["top1", "cat", "linear", "rag", "rag+cat"] = "rag"
+    router: Literal["bm25", "embedding"] = "bm25"
+    top_k: int = Field(default=2, ge=1, le=16)
+    # Seconds between checks of the registry's aliases (a webhook call makes the next request check).
+    poll_seconds: float = Field(default=2.0, ge=0)
+    max_input_tokens: int = Field(default=1536, ge=16)  # the messages' tokens; more is refused
+    max_new_tokens: int = Field(default=128, ge=1, le=4096)
+    rag_max_words: int = Field(default=300, ge=16)  # per document put in the prompt
+    # HMAC secret of the MLflow registry webhook (an environment variable's name, never the secret).
+    webhook_secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
 class KnowledgeBase(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     sources: list[SourceConfig] = Field(min_length=1)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
 
     @field_validator("sources")
     @classmethod

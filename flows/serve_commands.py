@@ -1,0 +1,167 @@
+"""Commands over the production adapters: `ask`, `serve`, `export`, `eval-kb` (registered in cli.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flows.console import ConfigOption, JsonFlag, console, fail, out, settings_for, user_errors
+
+StrategyOption = Annotated[
+    str | None,
+    typer.Option("--strategy", help="top1 | cat | linear | rag | rag+cat (default: serving.strategy)."),
+]
+
+
+def ask(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    doc: Annotated[
+        list[str] | None,
+        typer.Option("--doc", help="SOURCE:KEY or model name (repeatable); default: routed."),
+    ] = None,
+    strategy: StrategyOption = None,
+    alias: Annotated[str, typer.Option("--alias", help="The registry alias to answer with.")] = "production",
+    max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Most new tokens.")] = None,
+    config: ConfigOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Answer a question from the knowledge base's production adapters, streaming the answer."""
+    settings = settings_for(config)
+    from tasks.answer import Answerer, AnswerError
+
+    with user_errors(AnswerError):
+        answerer = Answerer(str(settings.config), alias=alias, strategy=strategy)
+        plan = answerer.plan(question, doc)
+        finish: dict = {}
+        pieces = []
+        for piece in answerer.stream(
+            [{"role": "user", "content": question}], plan, max_tokens, finish=finish
+        ):
+            pieces.append(piece)
+            if not as_json:
+                out.print(piece, end="", highlight=False, markup=False)
+    if as_json:
+        record = {
+            "question": question,
+            "answer": "".join(pieces).strip(),
+            "strategy": plan.strategy,
+            "routed": plan.routed,
+            "adapters": plan.describe(),
+            "finish_reason": finish.get("reason"),
+        }
+        out.print_json(json.dumps(record))
+        return
+    out.print()
+    how = "routed" if plan.routed else "named"
+    console.print(f"[dim]strategy {plan.strategy} ({how}); adapters:[/]", highlight=False)
+    for entry in plan.describe():
+        score = "" if entry["score"] is None else f"  score {entry['score']:.3f}"
+        console.print(
+            f"[dim]  {entry['document']}  {entry['model']} v{entry['version']}  "
+            f"sha256 {entry['adapter_sha256'][:12]}{score}[/]",
+            highlight=False,
+        )
+
+
+def export(
+    out_dir: Annotated[Path, typer.Argument(help="Folder to write the adapters into.")],
+    fmt: Annotated[str, typer.Option("--format", help="vllm | lorax | peft")] = "peft",
+    alias: Annotated[str, typer.Option("--alias", help="The registry alias to export.")] = "production",
+    max_lora_rank: Annotated[
+        int | None, typer.Option("--max-lora-rank", help="vLLM's --max-lora-rank to check against.")
+    ] = None,
+    config: ConfigOption = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Write the alias's adapters for a serving stack, checked against vLLM's adapter rules."""
+    settings = settings_for(config)
+    from tasks.export import ExportError
+    from tasks.export import export as run_export
+
+    with user_errors(ExportError):
+        index = run_export(str(settings.config), fmt, out_dir, alias, max_lora_rank)  # type: ignore[arg-type]
+    if as_json:
+        out.print_json(json.dumps(index))
+        return
+    out.print(f"{len(index['adapters'])} adapters ({alias}) written to {out_dir} for {fmt}")
+    for problem in index["problems"]:
+        console.print(f"[yellow]vLLM would refuse:[/] {problem}", highlight=False)
+    if fmt == "vllm":
+        out.print(f"vllm serve {index['base_model']} {' '.join(index['vllm_args'])}", highlight=False)
+
+
+def validate(
+    adapter_dirs: Annotated[list[Path], typer.Argument(help="Adapter folders to check.")],
+    max_lora_rank: Annotated[int, typer.Option("--max-lora-rank")] = 16,
+    architecture: Annotated[str, typer.Option("--architecture")] = "LlamaForCausalLM",
+) -> None:
+    """Check adapter folders against vLLM's rules; exit 1 and say what is wrong if any breaks one."""
+    from tasks.export import validate_vllm
+
+    problems = [p for d in adapter_dirs for p in validate_vllm(d, max_lora_rank, architecture)]
+    for problem in problems:
+        out.print(str(problem), highlight=False)
+    if problems:
+        raise typer.Exit(1)
+    out.print(f"{len(adapter_dirs)} adapter(s) conform to vLLM's rules (--max-lora-rank {max_lora_rank})")
+
+
+def serve(
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port")] = 8000,
+    alias: Annotated[str, typer.Option("--alias", help="The registry alias to serve.")] = "production",
+    strategy: StrategyOption = None,
+    poll_seconds: Annotated[
+        float | None, typer.Option("--poll-seconds", help="Registry re-read interval (serving.poll_seconds).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """An OpenAI-compatible API (/v1/models, /v1/chat/completions) and a page (/) over the knowledge base."""
+    settings = settings_for(config)
+    import uvicorn
+
+    from flows.serve import create_app
+    from tasks.answer import Answerer, AnswerError
+
+    with user_errors(AnswerError):
+        answerer = Answerer(str(settings.config), alias=alias, strategy=strategy, poll_seconds=poll_seconds)
+    console.print(
+        f"serving {answerer.name} ({len(answerer.documents())} documents, strategy "
+        f"{answerer.strategy}) on http://{host}:{port}",
+        highlight=False,
+    )
+    uvicorn.run(create_app(answerer), host=host, port=port, log_level="warning")
+
+
+def eval_kb(
+    out_dir: Annotated[Path, typer.Option("--out", help="Where the report goes.")] = Path("docs"),
+    sizes: Annotated[
+        str, typer.Option("--sizes", help="Knowledge-base sizes, comma-separated.")
+    ] = "20,200,1000",
+    generator: Annotated[str, typer.Option("--generator", help="hypernet | cd | hypernet+cd")] = "hypernet",
+    steps: Annotated[int, typer.Option("--steps", help="CD steps (cd generators).")] = 10,
+    base_model: Annotated[str, typer.Option("--base-model")] = "smollm2-135m-instruct",
+    limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.")] = None,
+    distractors: Annotated[Path | None, typer.Option("--distractors", help="A documents.jsonl.")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Measure routing and answering strategies over the shipped multi-document question set."""
+    settings = settings_for(config)
+    from tasks.eval_kb import EvalKBConfig, run_eval_kb
+
+    cfg = EvalKBConfig(
+        sizes=[int(s) for s in sizes.split(",") if s.strip()],
+        generator=generator,
+        steps=steps,
+        base_model=base_model,
+        limit=limit,
+        distractors=distractors,
+    )
+    try:
+        result = run_eval_kb(cfg, settings, out_dir, log=lambda m: console.print(m, highlight=False))
+    except ValueError as exc:
+        fail(str(exc))
+    out.print(f"best strategy: {result['best_strategy']}; report in {out_dir / 'eval-kb.md'}")
