@@ -7,6 +7,7 @@ differs from the latest one; ``instill rollback --release N`` restores a manifes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from datetime import UTC, datetime
@@ -62,8 +63,12 @@ def write_release(
     rt = runtime(config)
     with session_scope(rt.sessions) as session:
         manifest = production_manifest(session, rt)
+    digest = _digest(manifest["documents"])
+    if _released_digest(rt) == digest:  # this home saw this exact production set released: no MLflow
+        return None
     latest = latest_release(rt)
     if latest is not None and latest[1]["documents"] == manifest["documents"]:
+        _remember_released(rt, digest)
         return None
     manifest |= {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -80,7 +85,32 @@ def write_release(
         tags = {"reason": reason, "documents": str(len(manifest["documents"]))}
         if restored_from:
             tags["restored_from"] = restored_from
-        return rt.registry.register_file_version(release_model(rt.kb.name), folder, tags=tags)
+        version = rt.registry.register_file_version(release_model(rt.kb.name), folder, tags=tags)
+    _remember_released(rt, digest)
+    return version
+
+
+def _digest(documents: list[dict]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(documents, sort_keys=True).encode()).hexdigest()
+
+
+def _release_cache(rt: Runtime) -> Path:
+    return rt.settings.home.resolve() / f"released-{rt.kb.name}.sha256"
+
+
+def _released_digest(rt: Runtime) -> str | None:
+    """The production set of the latest release as this home last saw it (a cache: the registry decides)."""
+    try:
+        return _release_cache(rt).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+
+
+def _remember_released(rt: Runtime, digest: str) -> None:
+    with contextlib.suppress(OSError):  # a cache: without it the next run asks the registry
+        _release_cache(rt).write_text(digest + "\n", encoding="utf-8")
 
 
 def latest_release(rt: Runtime) -> tuple[str, dict] | None:

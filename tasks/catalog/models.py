@@ -73,9 +73,12 @@ class Document(Base):
 
 class DocumentVersion(Base):
     __tablename__ = "document_versions"
+    # Two writers appending "the next version" of one document cannot both succeed (tasks/record.py).
+    __table_args__ = (UniqueConstraint("document_id", "seq"),)
 
     id: Mapped[intpk]
     document_id: Mapped[int] = mapped_column(ForeignKey("documents.id"), index=True)
+    seq: Mapped[int]  # 1, 2, ... per document
     source_revision: Mapped[str]  # blob id, object version id / checksum, wiki revid, content sha256
     raw_sha256: Mapped[sha256 | None]  # None when the bytes could not be fetched (refused, too large)
     # Half of an adapter's cache key (with the generator fingerprint), hence the index.
@@ -136,6 +139,8 @@ class Adapter(Base):
     state: Mapped[AdapterState] = mapped_column(default=AdapterState.CANDIDATE)
     flow_run_id: Mapped[str | None]
     error: Mapped[str | None]
+    # Share of the document's text the generator saw: below 1.0 the document was cut to its window.
+    covered_fraction: Mapped[float | None]
     created_at: Mapped[created_at]
     updated_at: Mapped[updated_at]
 
