@@ -33,7 +33,7 @@ def upgrade() -> None:
         batch.alter_column("seq", existing_type=sa.Integer(), nullable=False)
         batch.create_unique_constraint("document_versions_document_id_seq_key", ["document_id", "seq"])
     with op.batch_alter_table("adapters") as batch:
-        batch.add_column(sa.Column("covered_fraction", sa.Float(), nullable=True))
+        batch.add_column(sa.Column("covered_fraction", sa.Double(), nullable=True))
 
 
 def downgrade() -> None:
