@@ -79,10 +79,14 @@ def _refresh_locked(cfg: str, kb) -> dict:
     from flows.refresh import PLAIN_STEPS, hand_over, nothing_to_do, run_refresh
     from tasks.detect import detect
     from tasks.finish import close_crashed_runs
+    from tasks.runtime import runtime
 
-    crashed = close_crashed_runs(cfg)
+    # Present while a refresh runs; found by the next one when this process dies (SIGKILL, SIGTERM, crash).
+    marker = runtime(cfg).settings.home.resolve() / f"refresh-{kb.name}.running"
+    crashed = close_crashed_runs(cfg, interrupted=marker.exists())
     if crashed:
         console.print(f"closed {crashed} refresh run(s) a killed refresh left open, as crashed")
+    marker.touch()
     progress = RichStepProgress(console)
     with progress:
         plans = progress.each("detect", [s.name for s in kb.sources], lambda name: detect(cfg, name))
@@ -93,6 +97,7 @@ def _refresh_locked(cfg: str, kb) -> dict:
 
             hand_over(cfg, plans)
             result = refresh_flow(cfg)
+    marker.unlink(missing_ok=True)
     result["crashed_runs"] = crashed
     return result
 

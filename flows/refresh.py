@@ -5,6 +5,11 @@ task of the same name; only ids, paths and small records cross task boundaries. 
 `generate` returns are what `gate` and `register` receive, together with the leftovers the `sweep` found
 in the catalog (a crashed run's unfinished work). A source's cursor moves only once every change it
 covers is recorded.
+
+The body is ``run_refresh``, given the steps to call: the Prefect tasks inside the flow, or the plain
+functions. The CLI holds the knowledge base's lock (``tasks/lock.py``), detects without Prefect and
+starts the flow only when something needs generating, gating or registering; a refresh with nothing to do
+runs the plain steps and costs no Prefect server, no base model and no MLflow (docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -123,6 +128,10 @@ def refresh(config: str) -> dict:
     rt = runtime(config)
     with refresh_lock(rt.settings.catalog, rt.settings.home, rt.kb.name, rt.settings.lock_wait_s):
         plans = _PLANS.pop(config, None)
+        if plans is None:  # started by a deployment, not by the CLI (which closed them already)
+            from tasks.finish import close_crashed_runs
+
+            close_crashed_runs(config)
         result = run_refresh(config, run_id, PREFECT_STEPS, plans)
     create_markdown_artifact(markdown_report(result), key="refresh-summary", description="instill refresh")
     return result

@@ -16,11 +16,12 @@ from tasks.runtime import runtime
 from tasks.sources.base import Cursor, dump_cursor, redact
 
 
-def close_crashed_runs(config: str) -> int:
+def close_crashed_runs(config: str, interrupted: bool = False) -> int:
     """Close the knowledge base's refresh runs left `running` by a process that died, as `crashed`.
 
     Called with the knowledge base's refresh lock held, so no live process owns such a run. MLflow runs
-    left RUNNING are marked KILLED too (only then is MLflow loaded). Returns how many runs were closed.
+    left RUNNING are marked KILLED too when a run was closed or the previous refresh was ``interrupted``
+    (only then is MLflow loaded). Returns how many refresh runs were closed.
     """
     from sqlalchemy import select
 
@@ -39,7 +40,7 @@ def close_crashed_runs(config: str) -> int:
             run.finished_at = datetime.now(UTC)
             run.error = "the process running it ended without closing it (killed or crashed)"
             run.cursor_after = run.cursor_before
-    if stuck:
+    if stuck or interrupted:
         rt.registry.kill_running_runs()
     return len(stuck)
 

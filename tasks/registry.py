@@ -201,6 +201,7 @@ class Registry:
             self.experiment_id(), tags={SHA_TAG: record.adapter_sha256, **record.tags}, run_name=record.model
         )
         run_id = run.info.run_id
+        fault_point("register-run")
         try:
             for key, value in record.params.items():
                 self.client.log_param(run_id, key, value)
@@ -211,7 +212,6 @@ class Registry:
             self.client.set_terminated(run_id, "FAILED")
             raise
         self.client.set_terminated(run_id, "FINISHED")
-        fault_point("register-run")
         if not self._model_exists(record.model):
             self.client.create_registered_model(record.model, description=record.description)
         source = f"{run.info.artifact_uri}/{ADAPTER_ARTIFACT_PATH}"

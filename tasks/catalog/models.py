@@ -75,7 +75,8 @@ def _next_seq(context) -> int:
     """The next version number of the document (``tasks.record`` sets it itself, in its transaction)."""
     document_id = context.get_current_parameters()["document_id"]
     found = context.connection.execute(
-        text("SELECT COALESCE(MAX(seq), 0) + 1 FROM document_versions WHERE document_id = :d"), {"d": document_id}
+        text("SELECT COALESCE(MAX(seq), 0) + 1 FROM document_versions WHERE document_id = :d"),
+        {"d": document_id},
     )
     return int(found.scalar_one())
 

@@ -67,6 +67,24 @@ def run(config: Path, *args: str, env: dict[str, str], timeout: float = 300, com
 
 def check_invariants(config: Path, home: Path, catalog_url: str | None = None) -> None:
     """Nothing lost, nothing doubled: the checks the crash and concurrency tests share."""
+    from tasks.runtime import forget_runtimes
+
+    saved = {k: os.environ.get(k) for k in ("INSTILL_HOME", "INSTILL_CATALOG_URL")}
+    os.environ["INSTILL_HOME"] = str(home)
+    if catalog_url:
+        os.environ["INSTILL_CATALOG_URL"] = catalog_url
+    try:
+        _check(config)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        forget_runtimes()
+
+
+def _check(config: Path) -> None:
     from tasks.aliases import CANDIDATE, PRODUCTION
     from tasks.catalog.db import session_scope
     from tasks.catalog.models import Adapter, Document, DocumentVersion, RefreshRun
@@ -75,9 +93,6 @@ def check_invariants(config: Path, home: Path, catalog_url: str | None = None) -
     from tasks.runtime import forget_runtimes, runtime
 
     forget_runtimes()
-    os.environ["INSTILL_HOME"] = str(home)
-    if catalog_url:
-        os.environ["INSTILL_CATALOG_URL"] = catalog_url
     rt = runtime(config)
     registry = rt.registry
     with session_scope(rt.sessions) as s:
@@ -123,7 +138,11 @@ def check_invariants(config: Path, home: Path, catalog_url: str | None = None) -
         manifest = production_manifest(s, rt)
     latest = latest_release(rt)
     assert latest is not None and latest[1]["documents"] == manifest["documents"]
-    forget_runtimes()
+    with session_scope(rt.sessions) as s:
+        CHECKED["states"] = {d.current_path: d.state for d in s.scalars(select(Document))}
+
+
+CHECKED: dict = {}
 
 
 def summary(path: Path) -> dict:

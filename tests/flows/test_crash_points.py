@@ -75,17 +75,10 @@ def test_a_crash_at_every_step_is_recovered(prefect_server, seeded, tmp_path, po
     out = _crash_then_recover(folder, point)
     if point not in ("lock",):  # killed after it opened a refresh run: the rerun closes it as crashed
         assert "as crashed" in out, out
-    from tasks.catalog.db import session_scope
-    from tasks.catalog.models import Document
     from tasks.catalog.types import DocumentState
-    from tasks.runtime import forget_runtimes, runtime
+    from tests.flows.reliability import CHECKED
 
-    with session_scope(runtime(folder / "instill.yaml").sessions) as s:
-        from sqlalchemy import select
-
-        states = {d.current_path: d.state for d in s.scalars(select(Document))}
-    forget_runtimes()
-    assert states == {
+    assert CHECKED["states"] == {
         "alpha.md": DocumentState.ACTIVE,
         "beta.txt": DocumentState.ACTIVE,
         "gamma.html": DocumentState.DELETED,
