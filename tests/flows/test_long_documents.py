@@ -48,7 +48,7 @@ def test_a_truncated_document_says_so_everywhere(prefect_server, kb, tmp_path):
     from tasks.runtime import runtime
 
     with session_scope(runtime(kb).sessions) as s:
-        adapter = s.scalars(select(Adapter)).first()
+        adapter = s.scalars(select(Adapter).where(Adapter.covered_fraction < 1)).one()
         lineage = json.loads((runtime(kb).store.get_dir(adapter.store_uri) / "instill.json").read_text())
         assert adapter.covered_fraction == lineage["coverage"]["covered_fraction"] < 1
         label = adapter.document_version.document.label
