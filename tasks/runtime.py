@@ -141,7 +141,8 @@ class CatalogNotReady(RuntimeError):
 def prepare_catalog(url: str) -> None:
     """Upgrade an embedded SQLite catalog by itself; a server catalog must be upgraded explicitly."""
     if url.startswith("sqlite"):
-        db.upgrade(url)
+        if db.current_revision(url) != db.head_revision():  # the check is cheap; an upgrade run is not
+            db.upgrade(url)
         return
     if db.current_revision(url) != db.head_revision():
         shown = make_url(url).render_as_string(hide_password=True)
