@@ -91,7 +91,8 @@ def prepare_sqlite_store(tracking_uri: str) -> None:
             return
         if _holds_anything(path):
             raise RegistryUnavailable(
-                f"the MLflow database {path} cannot be opened and holds runs: repair or move it"
+                f"the MLflow database {path} is not at MLflow's current schema and holds runs: "
+                f"back it up, then run `mlflow db upgrade sqlite:///{path}`"
             )
         aside = path.with_name(f"{path.name}.broken-{os.getpid()}")
         log.warning("the MLflow database %s was left half-built; set aside as %s and rebuilt", path, aside)
@@ -116,12 +117,24 @@ def _create_store(uri: str) -> None:
 
 
 def _opens(uri: str) -> bool:
+    """True when the MLflow database is at MLflow's newest migration (read with sqlite3: opening it with
+    MLflow would keep a connection to the file that is about to be set aside)."""
+    import sqlite3
+
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    import mlflow.store.db_migrations as migrations
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))
+    head = ScriptDirectory.from_config(cfg).get_current_head()
     try:
-        _create_store(uri)
-    except Exception as exc:  # noqa: BLE001 - any failure to open means "not usable as it is"
-        log.debug("MLflow database does not open: %s", exc)
+        with sqlite3.connect(uri[len("sqlite:///") :]) as conn:
+            row = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+    except sqlite3.DatabaseError:
         return False
-    return True
+    return row is not None and row[0] == head
 
 
 def _holds_anything(path: Path) -> bool:
