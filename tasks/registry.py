@@ -121,10 +121,9 @@ def _opens(uri: str) -> bool:
     MLflow would keep a connection to the file that is about to be set aside)."""
     import sqlite3
 
+    import mlflow.store.db_migrations as migrations
     from alembic.config import Config
     from alembic.script import ScriptDirectory
-
-    import mlflow.store.db_migrations as migrations
 
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(migrations.__file__).parent))

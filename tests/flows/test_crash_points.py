@@ -98,9 +98,7 @@ def test_a_half_built_mlflow_database_is_rebuilt(tmp_path):
     """An MLflow database left half-migrated by an older instill (no runs in it) is set aside and rebuilt."""
     import sqlite3
 
-    from tasks.registry import Registry
-
-    from tasks.registry import prepare_sqlite_store
+    from tasks.registry import Registry, prepare_sqlite_store
 
     db = tmp_path / "mlflow.db"
     prepare_sqlite_store(f"sqlite:///{db}")
