@@ -44,3 +44,12 @@ def test_lifecycle_commands_start_no_prefect(kb, tmp_path):
             timeout=120,
         )
         assert "MODULES False False" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_bench_pipeline_measures_the_no_op_cost_per_document(tmp_path, monkeypatch):
+    """`instill bench-pipeline`'s scaling figure, on a small catalog (the full run is in docs/reliability.md)."""
+    from flows.bench_pipeline import _scaling
+
+    monkeypatch.setenv("INSTILL_HOME", str(tmp_path / "unused"))
+    (row,) = _scaling([50])
+    assert row["documents"] == 50 and 0 < row["noop_s"] < 10
