@@ -47,7 +47,7 @@ def test_lifecycle_commands_start_no_prefect(kb, tmp_path):
 
 
 def test_bench_pipeline_measures_the_no_op_cost_per_document(tmp_path, monkeypatch):
-    """`instill bench-pipeline`'s scaling figure, on a small catalog (the full run is in docs/reliability.md)."""
+    """`instill bench-pipeline` on a small catalog (the full run: docs/reliability.md)."""
     from flows.bench_pipeline import _scaling
 
     monkeypatch.setenv("INSTILL_HOME", str(tmp_path / "unused"))
