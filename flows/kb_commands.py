@@ -232,7 +232,8 @@ def releases(config: ConfigOption = None, as_json: JsonFlag = False) -> None:
     settings = settings_for(config)
     from tasks.release import list_releases
 
-    rows = list_releases(str(settings.config))
+    with user_errors():
+        rows = list_releases(str(settings.config))
     print_rows(rows, as_json, "releases")
 
 
@@ -241,7 +242,9 @@ def status(config: ConfigOption = None, as_json: JsonFlag = False) -> None:
     settings = settings_for(config)
     from tasks import audit
 
-    print_rows(audit.status(str(settings.config)), as_json, "production")
+    with user_errors():
+        rows = audit.status(str(settings.config))
+    print_rows(rows, as_json, "production")
 
 
 def audit_adapter(

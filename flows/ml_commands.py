@@ -26,14 +26,11 @@ DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu or cuda 
 
 
 def _load_base(settings: Settings, spec: str, device: str | None, threads: int):
-    import torch
+    from hypernet.base_model import BaseModelError
+    from tasks.runtime import load_base
 
-    from hypernet.base_model import BaseModelError, load_base_model
-
-    if threads > 0:
-        torch.set_num_threads(threads)
     try:
-        return load_base_model(spec, settings.models_dir, device=device or settings.device)
+        return load_base(settings, spec, device=device, threads=threads)
     except BaseModelError as exc:
         fail(str(exc))
 
@@ -175,3 +172,11 @@ def bench(
     except GeneratorError as exc:
         fail(str(exc))
     write_report(result, to_markdown(result), json_path, md_path)
+
+
+def register(app: typer.Typer) -> None:
+    """Transitional: adds these commands to ``app`` for the hypernet tests that build their own app
+    (tests/test_eval.py, tests/test_bench.py); once they use ``flows.cli.app``, this goes."""
+    app.command("train-hypernet")(train_hypernet)
+    app.command("eval")(evaluate)
+    app.command("bench")(bench)

@@ -96,17 +96,15 @@ def train_hypernet(
     """
     import torch
 
-    from hypernet.base_model import load_base_model
     from hypernet.model import checkpoint_sha256
     from hypernet.train import TrainConfig, train
+    from tasks.runtime import load_base
 
     settings = Settings()
-    if threads > 0:
-        torch.set_num_threads(threads)
     device = device or ("cuda" if torch.cuda.is_available() else settings.device or "cpu")
     fields = dict(options or {}) | {"max_minutes": minutes} | ({"steps": steps} if steps else {})
     cfg = TrainConfig(**fields)
-    base = load_base_model(base_model, settings.models_dir, device=device)
+    base = load_base(settings, base_model, device=device, threads=threads)
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     run = client.create_run(
         _experiment_id(client, settings, experiment),

@@ -36,17 +36,24 @@ if TYPE_CHECKING:  # mlflow and torch cost seconds to import: both load on first
 log = logging.getLogger(__name__)
 
 
-def build_generator(settings: Settings, cfg: GeneratorConfig) -> Generator:
-    """Load the base model once and wrap it in the configured generator."""
+def load_base(settings: Settings, spec: str, *, device: str | None = None, threads: int | None = None):
+    """The base model ``spec`` (an alias or a local HF folder) from the settings' model cache; ``threads``
+    (default: the settings') sets torch's CPU threads first."""
     import torch
 
     from hypernet.base_model import load_base_model
+
+    threads = settings.threads if threads is None else threads
+    if threads > 0:
+        torch.set_num_threads(threads)
+    return load_base_model(spec, settings.models_dir, device=device or settings.device)
+
+
+def build_generator(settings: Settings, cfg: GeneratorConfig) -> Generator:
+    """Load the base model once and wrap it in the configured generator."""
     from hypernet.generators import make_generator
 
-    if settings.threads > 0:
-        torch.set_num_threads(settings.threads)
-    base = load_base_model(cfg.base_model, settings.models_dir, device=settings.device)
-    return make_generator(cfg.name, base, dict(cfg.options))
+    return make_generator(cfg.name, load_base(settings, cfg.base_model), dict(cfg.options))
 
 
 @dataclass
