@@ -95,7 +95,7 @@ def _refresh_locked(cfg: str, kb) -> dict:
         else:
             from flows.refresh import refresh as refresh_flow
 
-            hand_over(cfg, plans)
+            hand_over(cfg, plans, progress)
             result = refresh_flow(cfg)
     marker.unlink(missing_ok=True)
     result["crashed_runs"] = crashed

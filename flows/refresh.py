@@ -113,12 +113,12 @@ class RefreshSummary:
         return out
 
 
-_PLANS: dict[str, list[SourcePlan]] = {}  # plans the CLI detected before it started the flow
+_PLANS: dict[str, tuple[list[SourcePlan], StepProgress | None]] = {}  # what the CLI hands the flow
 
 
-def hand_over(config: str, plans: list[SourcePlan]) -> None:
-    """Give the flow the plans the CLI already detected (the flow runs in the same process)."""
-    _PLANS[config] = plans
+def hand_over(config: str, plans: list[SourcePlan], progress: StepProgress | None = None) -> None:
+    """Give the flow the plans the CLI already detected and its progress display (same process)."""
+    _PLANS[config] = (plans, progress)
 
 
 @flow(name="refresh")
@@ -127,12 +127,12 @@ def refresh(config: str) -> dict:
     run_id = str(flow_run.id) if flow_run.id else None
     rt = runtime(config)
     with refresh_lock(rt.settings.catalog, rt.settings.home, rt.kb.name, rt.settings.lock_wait_s):
-        plans = _PLANS.pop(config, None)
+        plans, progress = _PLANS.pop(config, (None, None))
         if plans is None:  # started by a deployment, not by the CLI (which closed them already)
             from tasks.finish import close_crashed_runs
 
             close_crashed_runs(config)
-        result = run_refresh(config, run_id, PREFECT_STEPS, plans)
+        result = run_refresh(config, run_id, PREFECT_STEPS, plans, progress)
     create_markdown_artifact(markdown_report(result), key="refresh-summary", description="instill refresh")
     return result
 
@@ -174,7 +174,7 @@ def run_refresh(
             summary.sources.append({"source": name, "status": RunStatus.FAILED.value, "error": plan.error})
             continue
         recorded = progress.each(
-            f"{name}: record",
+            f"{name}: fetch and parse",
             plan.changes,
             lambda c: steps.record(config, name, c, run_id),  # noqa: B023 - called at once
         )

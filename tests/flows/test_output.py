@@ -67,3 +67,20 @@ def test_skipped_files_are_listed_with_their_reason(prefect_server, kb, tmp_path
         {"source": "docs", "reason": "local source 'docs': cannot read 'beta.txt'; left as it was"}
     ], out
     assert "skipped local source 'docs': cannot read 'beta.txt'" in out
+
+
+def test_progress_bars_on_a_terminal_and_nothing_when_piped():
+    import io
+
+    from rich.console import Console
+
+    from flows.console import RichStepProgress
+
+    terminal = io.StringIO()
+    with RichStepProgress(Console(file=terminal, force_terminal=True)) as progress:
+        assert progress.each("docs: generate", [1, 2, 3], lambda x: 2 * x) == [2, 4, 6]
+    assert "docs: generate" in terminal.getvalue() and "3/3" in terminal.getvalue()
+    piped = io.StringIO()
+    with RichStepProgress(Console(file=piped)) as progress:
+        assert progress.each("docs: generate", [1], lambda x: x) == [1]
+    assert piped.getvalue() == ""
