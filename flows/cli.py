@@ -12,6 +12,8 @@ import typer
 from flows import kb_commands as kb
 from flows import ml_commands as ml
 from flows import serve_commands as sv
+from flows.bench_pipeline import bench_pipeline
+from flows.console import command  # every error of the environment or config: one line, non-zero exit
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Keep a model's knowledge current with adapters."
@@ -26,28 +28,29 @@ app.add_typer(db_app, name="db")
 app.add_typer(corpus_app, name="corpus")
 
 # The weekly job and its operations.
-app.command("refresh")(kb.refresh)
-app.command("generate")(kb.generate)
-app.command("promote")(kb.promote)
-app.command("rollback")(kb.rollback)
-app.command("releases")(kb.releases)
-app.command("status")(kb.status)
-audit_app.command("adapter")(kb.audit_adapter)
-audit_app.command("doc")(kb.audit_doc)
-db_app.command("upgrade")(kb.db_upgrade)
+app.command("refresh")(command(kb.refresh))
+app.command("generate")(command(kb.generate))
+app.command("promote")(command(kb.promote))
+app.command("rollback")(command(kb.rollback))
+app.command("releases")(command(kb.releases))
+app.command("status")(command(kb.status))
+audit_app.command("adapter")(command(kb.audit_adapter))
+audit_app.command("doc")(command(kb.audit_doc))
+db_app.command("upgrade")(command(kb.db_upgrade))
 
 # The ML engineer's commands.
-app.command("train-hypernet")(ml.train_hypernet)
-app.command("eval")(ml.evaluate)
-app.command("bench")(ml.bench)
-corpus_app.command("build")(ml.corpus_build)
+app.command("train-hypernet")(command(ml.train_hypernet))
+app.command("eval")(command(ml.evaluate))
+app.command("bench")(command(ml.bench))
+app.command("bench-pipeline")(command(bench_pipeline))
+corpus_app.command("build")(command(ml.corpus_build))
 
 # Answering from the knowledge base, and serving it.
-app.command("ask")(sv.ask)
-app.command("serve")(sv.serve)
-app.command("export")(sv.export)
-app.command("validate-adapter")(sv.validate)
-app.command("eval-kb")(sv.eval_kb)
+app.command("ask")(command(sv.ask))
+app.command("serve")(command(sv.serve))
+app.command("export")(command(sv.export))
+app.command("validate-adapter")(command(sv.validate))
+app.command("eval-kb")(command(sv.eval_kb))
 
 
 if __name__ == "__main__":

@@ -34,24 +34,85 @@ def refresh(
         Path | None, typer.Option("--json", help="Also write the summary as JSON here.")
     ] = None,
 ) -> None:
-    """Pick up what changed in every source, regenerate only those adapters, register them."""
+    """Pick up what changed in every source, regenerate only those adapters, register them.
+
+    Exit status: 0 all done; 1 a document is failed (this run's or an earlier one's) or the registry
+    could not be reached (the work is recorded); 2 a bad config; 3 another refresh of the knowledge base
+    is running; 4 the environment (catalog, registry, home) is unusable; 143 stopped by SIGTERM.
+    """
     settings = settings_for(config)
     with user_errors():
         kb = load_knowledge_base(settings.config)
-    from flows.refresh import refresh as refresh_flow
+    from tasks.lock import RefreshRunning, refresh_lock
     from tasks.runtime import CatalogNotReady, prepare_catalog
 
+    stop_on_sigterm()
     with user_errors(CatalogNotReady):
         prepare_catalog(settings.catalog)
-
+    cfg = str(settings.config.resolve())
     console.print(f"refreshing [bold]{kb.name}[/] ({len(kb.sources)} source(s)) from {settings.config}")
-    result = refresh_flow(str(settings.config.resolve()))
+    try:
+        with refresh_lock(settings.catalog, settings.home, kb.name, settings.lock_wait_s):
+            result = _refresh_locked(cfg, kb)
+    except RefreshRunning as exc:
+        fail(str(exc), code=3)
     _print_summary(result)
     if json_path:
-        keys = ("changed", "generated", "registered", "failed", "retired")
+        keys = (
+            "changed",
+            "generated",
+            "registered",
+            "failed",
+            "retired",
+            "skipped",
+            "truncated",
+            "still_failed",
+        )
         json_path.write_text(json.dumps({k: result[k] for k in keys}, indent=2) + "\n", encoding="utf-8")
-    if result["failed"]:
+    if result["failed"] or result["still_failed"]:
         raise typer.Exit(1)
+
+
+def _refresh_locked(cfg: str, kb) -> dict:
+    """Detect without Prefect; start the Prefect flow only when something needs generating or registering."""
+    from flows.console import RichStepProgress
+    from flows.refresh import PLAIN_STEPS, hand_over, nothing_to_do, run_refresh
+    from tasks.detect import detect
+    from tasks.finish import close_crashed_runs
+    from tasks.runtime import runtime
+
+    # Present while a refresh runs; found by the next one when this process dies (SIGKILL, SIGTERM, crash).
+    marker = runtime(cfg).settings.home.resolve() / f"refresh-{kb.name}.running"
+    crashed = close_crashed_runs(cfg, interrupted=marker.exists())
+    if crashed:
+        console.print(f"closed {crashed} refresh run(s) a killed refresh left open, as crashed")
+    marker.touch()
+    progress = RichStepProgress(console)
+    with progress:
+        plans = progress.each("detect", [s.name for s in kb.sources], lambda name: detect(cfg, name))
+        if nothing_to_do(cfg, plans):
+            result = run_refresh(cfg, None, PLAIN_STEPS, plans, progress)
+        else:
+            from flows.refresh import refresh as refresh_flow
+
+            hand_over(cfg, plans, progress)
+            result = refresh_flow(cfg)
+    marker.unlink(missing_ok=True)
+    result["crashed_runs"] = crashed
+    return result
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM ends the refresh within a second: everything it did is committed step by step, and the
+    next refresh closes its run as crashed and finishes what it left (the crash tests prove it)."""
+    import os
+    import signal
+
+    def stop(signum, _frame) -> None:
+        console.print("[bold red]stopped:[/] SIGTERM; the next refresh finishes what this one left")
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _print_summary(result: dict) -> None:
@@ -72,6 +133,16 @@ def _print_summary(result: dict) -> None:
         out.print(table)
     for failure in result["failed"]:
         out.print(f"[red]failed[/] {failure['document']}: {failure['reason']}", highlight=False)
+    for failure in result.get("still_failed", []):
+        out.print(f"[red]still failed[/] {failure['document']}: {failure['reason']}", highlight=False)
+    for skip in result.get("skipped", []):
+        out.print(f"[yellow]skipped[/] {skip['reason']}", highlight=False)
+    for cut in result.get("truncated", []):
+        out.print(
+            f"[yellow]truncated[/] {cut['document']}: its adapter covers "
+            f"{100 * cut['covered_fraction']:.1f}% of the document",
+            highlight=False,
+        )
     out.print(
         f"{result['generated']} generated, {result['passed']} passed QA, "
         f"{len(result['registered'])} registered, "

@@ -5,11 +5,17 @@ task of the same name; only ids, paths and small records cross task boundaries. 
 `generate` returns are what `gate` and `register` receive, together with the leftovers the `sweep` found
 in the catalog (a crashed run's unfinished work). A source's cursor moves only once every change it
 covers is recorded.
+
+The body is ``run_refresh``, given the steps to call: the Prefect tasks inside the flow, or the plain
+functions. The CLI holds the knowledge base's lock (``tasks/lock.py``), detects without Prefect and
+starts the flow only when something needs generating, gating or registering; a refresh with nothing to do
+runs the plain steps and costs no Prefect server, no base model and no MLflow (docs/reliability.md).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from prefect import flow, task
@@ -17,10 +23,11 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.runtime import flow_run
 
 from tasks.catalog.types import RunStatus
-from tasks.detect import detect
+from tasks.detect import SourcePlan, detect
 from tasks.finish import finish
 from tasks.gate import gate
 from tasks.generate import generate
+from tasks.lock import refresh_lock
 from tasks.record import record
 from tasks.register import register
 from tasks.release import write_release
@@ -35,10 +42,53 @@ record_task = task(record, name="record")
 sweep_task = task(sweep, name="sweep")
 generate_task = task(generate, name="generate")
 gate_task = task(gate, name="gate")
-register_task = task(register, name="register", retries=2, retry_delay_seconds=[1, 5])
-retire_task = task(retire, name="retire", retries=2, retry_delay_seconds=[1, 5])
+
+
+def _retry_unless_unreachable(task, task_run, state) -> bool:
+    """Retry a registry call that failed, but not one that found the registry down (it fails at once)."""
+    from tasks.errors import EnvironmentProblem
+
+    return not isinstance(state.result(raise_on_failure=False), EnvironmentProblem)
+
+
+_registry_retries = {
+    "retries": 2,
+    "retry_delay_seconds": [1, 5],
+    "retry_condition_fn": _retry_unless_unreachable,
+}
+register_task = task(register, name="register", **_registry_retries)
+retire_task = task(retire, name="retire", **_registry_retries)
 finish_task = task(finish, name="finish")
-release_task = task(write_release, name="release", retries=2, retry_delay_seconds=[1, 5])
+release_task = task(write_release, name="release", **_registry_retries)
+
+
+@dataclass(frozen=True)
+class Steps:
+    """The steps a refresh runs: Prefect tasks inside the flow, the plain functions without Prefect."""
+
+    detect: Callable
+    record: Callable
+    sweep: Callable
+    generate: Callable
+    gate: Callable
+    register: Callable
+    retire: Callable
+    finish: Callable
+    release: Callable
+
+
+PREFECT_STEPS = Steps(
+    detect_task,
+    record_task,
+    sweep_task,
+    generate_task,
+    gate_task,
+    register_task,
+    retire_task,
+    finish_task,
+    release_task,
+)
+PLAIN_STEPS = Steps(detect, record, sweep, generate, gate, register, retire, finish, write_release)
 
 
 @dataclass
@@ -51,6 +101,11 @@ class RefreshSummary:
     retired: int = 0
     sources: list[dict] = field(default_factory=list)
     rows: list[dict] = field(default_factory=list)  # one per document touched, for the tables
+    skipped: list[dict] = field(default_factory=list)  # files a source could not read, with the reason
+    truncated: list[dict] = field(default_factory=list)  # adapters that cover part of their document
+    still_failed: list[dict] = field(default_factory=list)  # documents failed at the end, from any run
+    crashed_runs: int = 0  # runs a killed refresh left open, closed by this one
+    prefect: bool = True  # False: nothing needed generating, the steps ran without a Prefect server
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -58,34 +113,153 @@ class RefreshSummary:
         return out
 
 
+_PLANS: dict[str, tuple[list[SourcePlan], StepProgress | None]] = {}  # what the CLI hands the flow
+
+
+def hand_over(config: str, plans: list[SourcePlan], progress: StepProgress | None = None) -> None:
+    """Give the flow the plans the CLI already detected and its progress display (same process)."""
+    _PLANS[config] = (plans, progress)
+
+
 @flow(name="refresh")
 def refresh(config: str) -> dict:
     """Bring every source of the knowledge base in ``config`` up to date; returns the run's summary."""
     run_id = str(flow_run.id) if flow_run.id else None
-    summary = RefreshSummary()
-    kb = runtime(config).kb
+    rt = runtime(config)
+    with refresh_lock(rt.settings.catalog, rt.settings.home, rt.kb.name, rt.settings.lock_wait_s):
+        plans, progress = _PLANS.pop(config, (None, None))
+        if plans is None:  # started by a deployment, not by the CLI (which closed them already)
+            from tasks.finish import close_crashed_runs
+
+            close_crashed_runs(config)
+        result = run_refresh(config, run_id, PREFECT_STEPS, plans, progress)
+    create_markdown_artifact(markdown_report(result), key="refresh-summary", description="instill refresh")
+    return result
+
+
+def nothing_to_do(config: str, plans: list[SourcePlan]) -> bool:
+    """True when no source changed and the catalog holds no unfinished work: no model, no Prefect."""
+    if any(p.changes for p in plans):
+        return False
+    for plan in plans:
+        todo = sweep(config, plan.source)
+        if todo.versions or todo.ungated or todo.unregistered or todo.deleted:
+            return False
+    return True
+
+
+def run_refresh(
+    config: str,
+    run_id: str | None,
+    steps: Steps,
+    plans: list[SourcePlan] | None = None,
+    progress: StepProgress | None = None,
+) -> dict:
+    """The refresh itself, per source: detect (unless the plans are given), record, sweep, generate,
+    gate, register, retire, finish; then the release. Called by the flow with Prefect tasks, and by the
+    CLI with the plain functions when there is nothing to generate."""
+    summary = RefreshSummary(prefect=steps is PREFECT_STEPS)
+    rt = runtime(config)
+    progress = progress or StepProgress()
+    kb = rt.kb
+    by_source = {p.source: p for p in plans or []}
     for name in [s.name for s in kb.sources]:
-        plan = detect_task(config, name, run_id)
+        plan = by_source.get(name) or steps.detect(config, name, run_id)
+        summary.skipped += [{"source": name, "reason": w} for w in plan.warnings]
         if plan.error:
-            finish_task(config, plan.run_id, RunStatus.FAILED, None, {}, error=plan.error)
+            steps.finish(
+                config, plan.run_id, RunStatus.FAILED, None, {}, error=plan.error, flow_run_id=run_id
+            )
             summary.failed.append({"document": f"{name}:*", "reason": plan.error})
             summary.sources.append({"source": name, "status": RunStatus.FAILED.value, "error": plan.error})
             continue
-        recorded = [record_task(config, name, change, run_id) for change in plan.changes]
-        todo = sweep_task(config, name)  # what this run recorded, and what a crashed run left undone
-        generated = [generate_task(config, v, todo.generator_id, run_id) for v in todo.versions]
+        recorded = progress.each(
+            f"{name}: fetch and parse",
+            plan.changes,
+            lambda c: steps.record(config, name, c, run_id),  # noqa: B023 - called at once
+        )
+        todo = steps.sweep(config, name)  # what this run recorded, and what a crashed run left undone
+        generated = progress.each(
+            f"{name}: generate",
+            todo.versions,
+            lambda v: steps.generate(config, v, todo.generator_id, run_id),  # noqa: B023
+        )
         new = [g.adapter_id for g in generated if g.adapter_id is not None]
-        gated = [gate_task(config, a, run_id) for a in _merge(todo.ungated, new)] if kb.gates.enabled else []
-        registered = [register_task(config, a, run_id) for a in _merge(todo.unregistered, new)]
-        retired = sum(retire_task(config, d, run_id) for d in todo.deleted)
+        gated = (
+            progress.each(
+                f"{name}: gates", _merge(todo.ungated, new), lambda a: steps.gate(config, a, run_id)
+            )
+            if kb.gates.enabled
+            else []
+        )
+        registered, unregistered = [], []
+        for adapter_id in progress.each(f"{name}: register", _merge(todo.unregistered, new), lambda a: a):
+            outcome = _registry_call(steps.register, config, adapter_id, run_id)
+            (unregistered if isinstance(outcome, Unreachable) else registered).append(outcome)
+        retired, retire_errors = 0, []
+        for doc_id in todo.deleted:
+            outcome = _registry_call(steps.retire, config, doc_id, run_id)
+            if isinstance(outcome, Unreachable):
+                retire_errors.append(outcome)
+            else:
+                retired += outcome
         status = _source_status(recorded, generated, gated)
+        if unregistered or retire_errors:
+            status = RunStatus.PARTIAL if status is RunStatus.SUCCEEDED else status
         counts = _tally(summary, name, recorded, generated, gated, registered, retired)
-        finish_task(config, plan.run_id, status, plan.cursor, counts)
+        for reason in sorted(set(unregistered + retire_errors)):
+            summary.failed.append(
+                {"document": f"{name}:*", "reason": f"{reason} (recorded; the next refresh registers it)"}
+            )
+        steps.finish(config, plan.run_id, status, plan.cursor, counts, flow_run_id=run_id)
         summary.sources.append({"source": name, "status": status.value, **counts})
     result = summary.as_dict()
-    result["release"] = release_task(config, reason="refresh", flow_run_id=run_id)
-    create_markdown_artifact(markdown_report(result), key="refresh-summary", description="instill refresh")
+    release = _registry_call(steps.release, config, reason="refresh", flow_run_id=run_id)
+    if isinstance(release, Unreachable):
+        result["failed"].append({"document": "*", "reason": f"release not written: {release}"})
+        release = None
+    result["release"] = release
+    result["still_failed"] = _still_failed(config, {f["document"] for f in result["failed"]})
     return result
+
+
+def _registry_call(step, *args, **kwargs):
+    """A step that talks to MLflow; with the registry down, its one-line reason instead of an exception."""
+    from tasks.errors import EnvironmentProblem
+
+    try:
+        return step(*args, **kwargs)
+    except EnvironmentProblem as exc:
+        return Unreachable(str(exc))
+
+
+class Unreachable(str):
+    """Why a registry step could not run (the registry is down); the work stays recorded for the next run."""
+
+
+def _still_failed(config: str, reported: set[str]) -> list[dict]:
+    """Documents failed at the end of this run that it did not report itself (left by earlier runs)."""
+    from sqlalchemy import select
+
+    from tasks.catalog.db import session_scope
+    from tasks.catalog.models import Document
+    from tasks.catalog.types import DocumentState
+
+    rt = runtime(config)
+    out = []
+    with session_scope(rt.sessions) as session:
+        for doc in session.scalars(select(Document).where(Document.state == DocumentState.FAILED)):
+            if doc.source.name in {s.name for s in rt.kb.sources} and doc.label not in reported:
+                latest = doc.versions[-1] if doc.versions else None
+                out.append({"document": doc.label, "reason": (latest.error if latest else None) or "failed"})
+    return out
+
+
+class StepProgress:
+    """Progress of the long steps; the CLI's subclass draws rich bars on a terminal, this one is quiet."""
+
+    def each(self, label: str, items, fn):
+        return [fn(item) for item in items]
 
 
 def _merge(leftover: list[int], new: list[int]) -> list[int]:
@@ -122,6 +296,8 @@ def _tally(
             summary.failed.append({"document": g.document, "reason": g.error})
         else:
             summary.generated += 0 if g.reused else 1
+            if g.covered_fraction is not None and g.covered_fraction < 1.0:
+                summary.truncated.append({"document": g.document, "covered_fraction": g.covered_fraction})
     for g in gated:
         summary.passed += int(g.passed)
         if not g.passed:
@@ -164,6 +340,15 @@ def markdown_report(result: dict) -> str:
     if result["failed"]:
         lines += ["", "| failed document | reason |", "|---|---|"]
         lines += [f"| {f['document']} | {f['reason']} |" for f in result["failed"]]
+    if result.get("still_failed"):
+        lines += ["", "| still failed (earlier runs) | reason |", "|---|---|"]
+        lines += [f"| {f['document']} | {f['reason']} |" for f in result["still_failed"]]
+    if result.get("truncated"):
+        lines += ["", "| truncated document | covered fraction |", "|---|---|"]
+        lines += [f"| {t['document']} | {t['covered_fraction']:.3f} |" for t in result["truncated"]]
+    if result.get("skipped"):
+        lines += ["", "| skipped in source | reason |", "|---|---|"]
+        lines += [f"| {k['source']} | {k['reason']} |" for k in result["skipped"]]
     if result.get("release"):
         lines += ["", f"Production changed: release {result['release']} written."]
     return "\n".join(lines) + "\n"

@@ -41,6 +41,8 @@ def adapter_record(session: Session, adapter: Adapter) -> dict:
         "version": adapter.model_version,
         "state": adapter.state.value,
         "adapter_sha256": adapter.adapter_sha256,
+        # Share of the document the generator saw (below 1.0: cut to its window; None: made before 0003).
+        "covered_fraction": adapter.covered_fraction,
         "store_uri": adapter.store_uri,
         "rank": adapter.rank,
         "targets": adapter.targets,
@@ -130,6 +132,7 @@ def audit_document(config: str, ref: str) -> dict:
                             "version": a.model_version,
                             "state": a.state.value,
                             "adapter_sha256": a.adapter_sha256,
+                            "covered_fraction": a.covered_fraction,
                         }
                         for a in v.adapters
                     ],

@@ -14,9 +14,10 @@ from tasks.catalog import queries
 from tasks.catalog.db import session_scope
 from tasks.catalog.models import RefreshRun
 from tasks.catalog.models import Source as SourceRow
+from tasks.faults import fault_point
 from tasks.runtime import runtime
 from tasks.sources import build_source
-from tasks.sources.base import Change, ChangeKind, Cursor, KnownDocument, load_cursor
+from tasks.sources.base import Change, ChangeKind, Cursor, KnownDocument, load_cursor, redact
 
 log = logging.getLogger(__name__)
 
@@ -41,25 +42,37 @@ def detect(config: str, source_name: str, flow_run_id: str | None = None) -> Sou
             row = SourceRow(name=cfg.name, kind=cfg.kind, uri=cfg.uri, config={})
             session.add(row)
         row.kind, row.uri = cfg.kind, cfg.uri
-        row.config = cfg.model_dump(mode="json", exclude={"name", "kind"})
+        row.config = redact_values(cfg.model_dump(mode="json", exclude={"name", "kind"}))
         session.flush()
         run = RefreshRun(source_id=row.id, cursor_before=row.cursor, flow_run_id=flow_run_id, counts={})
         session.add(run)
         session.flush()
         run_id, stored = run.id, row.cursor
         known = queries.known_documents(session, row.id)
+    fault_point("detect")
     try:
         connector = build_source(cfg, rt.settings)
         warnings: list[str] = []
         changeset = connector.changes(load_cursor(connector, stored, warnings), known)
     except Exception as exc:  # a whole source failing must not stop the other sources
         reason = f"{type(exc).__name__}: {exc}" if not str(exc).startswith(cfg.name) else str(exc)
-        return SourcePlan(cfg.name, run_id, error=reason)
+        return SourcePlan(cfg.name, run_id, error=redact(reason))
     warnings += changeset.warnings
     for warning in warnings:
         log.warning("%s", warning)
     changes = [c for c in changeset.changes if not _already_recorded(c, known)]
     return SourcePlan(cfg.name, run_id, changes, changeset.cursor, warnings)
+
+
+def redact_values(value):
+    """A config copy with the credentials inside every URL removed (``sources.config``)."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: redact_values(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [redact_values(v) for v in value]
+    return value
 
 
 def _already_recorded(change: Change, known: dict[str, KnownDocument]) -> bool:

@@ -18,6 +18,7 @@ from tasks.catalog import queries
 from tasks.catalog.db import session_scope
 from tasks.catalog.models import Adapter, QAResult
 from tasks.catalog.types import AdapterState
+from tasks.faults import fault_point
 from tasks.runtime import Runtime, runtime
 from tasks.settings import LocalSourceConfig
 
@@ -67,6 +68,7 @@ def _record_verdict(
     rt: Runtime, adapter_id: int, document: str, report, failures: tuple[str, ...]
 ) -> GateOutcome:
     """One transaction: every metric row and the adapter's new state."""
+    fault_point("gate")
     with session_scope(rt.sessions) as session:
         adapter = session.get(Adapter, adapter_id)
         for row in report.rows() if report else []:

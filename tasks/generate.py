@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +19,7 @@ from tasks.catalog import queries
 from tasks.catalog.db import session_scope
 from tasks.catalog.models import Adapter, DocumentVersion, Generator
 from tasks.catalog.types import AdapterState
+from tasks.faults import fault_point
 from tasks.runtime import build_generator, runtime
 from tasks.settings import DEFAULT_BASE_MODEL, GeneratorConfig, Settings
 
@@ -25,6 +27,27 @@ log = logging.getLogger(__name__)
 
 # Hub ids written into adapter_config.json for the embedded aliases, so servers know the base model.
 HUB_IDS = {DEFAULT_BASE_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct"}
+
+
+# A generator reads at most a few thousand tokens (cd: 1,024; hypernet: max_chunks chunks); a longer text
+# is cut here, before anything tokenises it, so a 20 MB document costs no more than a 200 kB one. What
+# the generator saw is recorded as ``covered_fraction`` (catalog, instill.json, summary, audit).
+MAX_GENERATOR_CHARS = 200_000
+_TRUNCATED = (
+    re.compile(r"truncated to its first (\d+) of (\d+) tokens"),
+    re.compile(r"truncated to its first (\d+) chunks \(\d+ tokens\) of (\d+)"),
+)
+
+
+def covered_fraction(text_chars: int, given_chars: int, notes: list[str]) -> float:
+    """Share of the document's text the generator saw: the cut here times the generator's own cut."""
+    fraction = given_chars / text_chars if text_chars else 1.0
+    for note in notes:
+        for pattern in _TRUNCATED:
+            m = pattern.search(note)
+            if m:
+                fraction *= int(m.group(1)) / max(int(m.group(2)), 1)
+    return round(min(fraction, 1.0), 4)
 
 
 @dataclass(frozen=True)
@@ -35,6 +58,7 @@ class GenerateOutcome:
     seconds: float = 0.0
     reused: bool = False
     error: str | None = None
+    covered_fraction: float | None = None  # below 1.0: the document was cut to the generator's window
 
 
 def generate(
@@ -45,32 +69,65 @@ def generate(
     with session_scope(rt.sessions) as session:
         version = session.get(DocumentVersion, version_id)
         document = version.document.label
+        own = _own_adapter(session, version_id, generator_id)
+        if own is not None:  # a concurrent or crashed run already made it
+            return GenerateOutcome(version_id, own.id, document, reused=True)
         same_text = queries.adapter_for_text(session, version.text_sha256, generator_id)
         if same_text is not None:
             adapter = _adapter_row(version_id, generator_id, same_text, flow_run_id)
+            adapter.covered_fraction = same_text.covered_fraction
             session.add(adapter)
             session.flush()
-            return GenerateOutcome(version_id, adapter.id, document, reused=True)
+            return GenerateOutcome(
+                version_id, adapter.id, document, reused=True, covered_fraction=adapter.covered_fraction
+            )
         lineage = _catalog_lineage(version, session.get(Generator, generator_id))
         text_uri = version.text_uri
     text = rt.store.get_bytes(text_uri).decode("utf-8")
+    given = text[:MAX_GENERATOR_CHARS]
     gen = rt.generator()
     log.info("generating an adapter for %s with %s", document, gen.name)
     try:
-        result = gen.generate(text, progress=_progress_logger(document))
+        result = gen.generate(given, progress=_progress_logger(document))
     except Exception as exc:  # one document's failure must not stop the others
         log.error("%s: generation failed: %s", document, exc)
         return GenerateOutcome(version_id, None, document, error=f"generation failed: {exc}")
+    covered = covered_fraction(len(text), len(given), list(result.notes))
+    if covered < 1.0:
+        log.warning("%s: only %.1f%% of the document is covered by its adapter", document, 100 * covered)
+    lineage = lineage | {"coverage": {"covered_fraction": covered, "notes": list(result.notes)}}
     with tempfile.TemporaryDirectory(dir=rt.store.root) as tmp:
         folder = Path(tmp) / "adapter"
         sha = _save(result, gen, folder, lineage)
         uri = rt.store.put_dir(folder, "adapters", sha)
+    fault_point("generate")
     with session_scope(rt.sessions) as session:
+        own = _own_adapter(session, version_id, generator_id)  # re-checked inside the write transaction
+        if own is not None:
+            return GenerateOutcome(
+                version_id, own.id, document, reused=True, covered_fraction=own.covered_fraction
+            )
         stored = StoredAdapter(sha, uri, result.weights.rank, list(result.weights.target_names))
         adapter = _adapter_row(version_id, generator_id, stored, flow_run_id)
+        adapter.covered_fraction = covered
         session.add(adapter)
         session.flush()
-        return GenerateOutcome(version_id, adapter.id, document, seconds=result.seconds)
+        return GenerateOutcome(
+            version_id, adapter.id, document, seconds=result.seconds, covered_fraction=covered
+        )
+
+
+def _own_adapter(session, version_id: int, generator_id: int) -> Adapter | None:
+    """A live adapter this generator already made for exactly this version."""
+    from sqlalchemy import select
+
+    return session.scalars(
+        select(Adapter).where(
+            Adapter.document_version_id == version_id,
+            Adapter.generator_id == generator_id,
+            Adapter.state != AdapterState.RETIRED,
+        )
+    ).first()
 
 
 @dataclass(frozen=True)
@@ -156,7 +213,8 @@ def generate_file(settings: Settings, cfg: GeneratorConfig, doc_file: Path, out_
     parsed = parse_document(data, doc_file.name)
     gen = build_generator(settings, cfg)
     info = gen.describe()
-    result = gen.generate(parsed.text, progress=_progress_logger(doc_file.name))
+    given = parsed.text[:MAX_GENERATOR_CHARS]
+    result = gen.generate(given, progress=_progress_logger(doc_file.name))
     lineage = _lineage(
         {"path": str(doc_file.resolve())},
         {

@@ -75,6 +75,11 @@ def promote(
     with session_scope(rt.sessions) as session:
         doc = queries.lock_document(session, resolve_document(session, rt, ref).id)
         model = model_name(rt.kb.name, doc.source.name, doc.id)
+        if doc.state is DocumentState.DELETED:
+            raise LifecycleError(
+                f"{doc.label} was deleted from its source: it has no adapter to promote "
+                f"(restore the document and refresh, or `instill rollback --release N`)"
+            )
         target = version or rt.registry.alias(model, CANDIDATE)
         if target is None:
             raise LifecycleError(f"{model} has no candidate to promote; name a version with --version")

@@ -15,9 +15,10 @@ from tasks.catalog import queries
 from tasks.catalog.db import session_scope
 from tasks.catalog.models import Document, DocumentVersion
 from tasks.catalog.types import DocumentState
+from tasks.faults import fault_point
 from tasks.runtime import Runtime, runtime
 from tasks.sources import build_source
-from tasks.sources.base import Change, ChangeKind, DocumentFetchError
+from tasks.sources.base import Change, ChangeKind, DocumentFetchError, TooLargeError
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +33,24 @@ class ChangeOutcome:
 
 
 def record(config: str, source_name: str, change: Change, flow_run_id: str | None = None) -> ChangeOutcome:
-    """Fetch, parse and store one changed document and record it; a deletion only marks the document."""
+    """Fetch, parse and store one changed document and record it; a deletion only marks the document.
+
+    Idempotent: a change the catalog already holds is not recorded twice, even by two refreshes at once
+    (the check is repeated inside the write transaction, and ``(document_id, seq)`` is unique: the writer
+    that loses the race re-reads and finds the version the other one wrote).
+    """
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        return _record(config, source_name, change, flow_run_id)
+    except IntegrityError:
+        log.info("%s:%s was recorded concurrently; reading it back", source_name, change.key)
+        return _record(config, source_name, change, flow_run_id)
+
+
+def _record(config: str, source_name: str, change: Change, flow_run_id: str | None) -> ChangeOutcome:
     rt = runtime(config)
+    fault_point("record")
     with session_scope(rt.sessions) as session:
         source = queries.source_by_name(session, source_name)
         assert source is not None, "detect creates the source row first"
@@ -45,6 +62,8 @@ def record(config: str, source_name: str, change: Change, flow_run_id: str | Non
             return ChangeOutcome(change, doc.id, None)
         doc = _document_for(session, source.id, change, create=False)
         previous = queries.latest_version(session, doc.id) if doc else None
+        if _holds(doc, previous, change):
+            return ChangeOutcome(change, doc.id, previous.id, error=previous.error)
         if change.kind is ChangeKind.RENAMED and previous and previous.source_revision == change.revision:
             # Same bytes under a new path: re-point lineage, keep the text and its adapter.
             version = _copy_version(previous, change, flow_run_id)
@@ -52,13 +71,28 @@ def record(config: str, source_name: str, change: Change, flow_run_id: str | Non
             doc.title = change.title or doc.title
             return _add_version(session, doc, version, change)
     try:
-        connector = build_source(rt.source_config(source_name), rt.settings)
+        cfg = rt.source_config(source_name)
+        connector = build_source(cfg, rt.settings)
         data = connector.fetch(change)
+        if len(data) > cfg.max_bytes:  # sources that cannot tell the size before reading
+            raise TooLargeError(source_name, change.key, len(data), cfg.max_bytes)
     except Exception as exc:
         if isinstance(exc, DocumentFetchError) and exc.permanent:  # over a size limit: a retry cannot help
             return _record_refused(rt, source_name, change, f"cannot fetch: {exc}", flow_run_id)
         return ChangeOutcome(change, None, None, error=f"cannot fetch: {exc}", transient=True)
     return _record_fetched(rt, source_name, change, data, connector.document_filename(change), flow_run_id)
+
+
+def _holds(doc: Document | None, latest: DocumentVersion | None, change: Change) -> bool:
+    """True when the catalog already holds this change: the document is at this path and revision."""
+    if doc is None or latest is None or change.revision is None:
+        return False
+    return (
+        doc.current_path == change.key
+        and doc.state is not DocumentState.DELETED
+        and latest.source_revision == change.revision
+        and latest.path == (change.title or change.key)
+    )
 
 
 def _record_refused(
@@ -90,6 +124,7 @@ def _record_fetched(
         raw_uri=raw.uri,
         flow_run_id=flow_run_id,
     )
+    title = None
     try:
         parsed = parse_document(data, filename)
     except ParseError as exc:
@@ -98,17 +133,25 @@ def _record_fetched(
         text = rt.store.put_bytes(parsed.text.encode("utf-8"), "text")
         version.text_sha256, version.text_uri = parsed.text_sha256, text.uri
         version.parser, version.parser_version = parsed.parser, parsed.parser_version
-    return _record_version(rt, source_name, change, version)
+        title = parsed.title
+    return _record_version(rt, source_name, change, version, title)
 
 
-def _record_version(rt: Runtime, source_name: str, change: Change, version: DocumentVersion) -> ChangeOutcome:
+def _record_version(
+    rt: Runtime, source_name: str, change: Change, version: DocumentVersion, title: str | None = None
+) -> ChangeOutcome:
     error = version.error
+    fault_point("record-write")
     with session_scope(rt.sessions) as session:
         source = queries.source_by_name(session, source_name)
         doc = _document_for(session, source.id, change)
+        if doc.id is not None:  # re-checked inside the write transaction: another writer may have won
+            latest = queries.latest_version(session, doc.id)
+            if _holds(doc, latest, change):
+                return ChangeOutcome(change, doc.id, latest.id, error=latest.error)
         doc.current_path = change.key
-        if change.title:
-            doc.title = change.title
+        if change.title or title:  # the source's title (wiki), else the document's first heading
+            doc.title = change.title or title
         had_good_version = any(v.text_sha256 for v in doc.versions) if doc.id else False
         if error:
             # Bad input: keep the old adapter live when there is one, else the document is failed.
@@ -152,6 +195,7 @@ def _copy_version(previous: DocumentVersion, change: Change, flow_run_id: str | 
 
 
 def _add_version(session, doc: Document, version: DocumentVersion, change: Change) -> ChangeOutcome:
+    version.seq = max((v.seq for v in doc.versions), default=0) + 1 if doc.id is not None else 1
     doc.versions.append(version)
     session.flush()
     return ChangeOutcome(change, doc.id, version.id, error=version.error)

@@ -14,6 +14,7 @@ from tasks import aliases
 from tasks.catalog.db import session_scope
 from tasks.catalog.models import Adapter
 from tasks.catalog.types import AdapterState
+from tasks.faults import fault_point
 from tasks.runtime import Runtime, runtime
 
 
@@ -54,6 +55,7 @@ def register(config: str, adapter_id: int, flow_run_id: str | None = None) -> Re
             reason="new adapter registered",
             flow_run_id=flow_run_id,
         )
+        fault_point("register-alias")
         if promote:
             aliases.promote(
                 rt,

@@ -7,6 +7,7 @@ differs from the latest one; ``instill rollback --release N`` restores a manifes
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 from datetime import UTC, datetime
@@ -15,10 +16,9 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from tasks.aliases import default_actor
-from tasks.catalog import queries
 from tasks.catalog.db import session_scope
 from tasks.catalog.models import Adapter
-from tasks.catalog.types import DocumentState
+from tasks.catalog.types import AdapterState, DocumentState
 from tasks.runtime import Runtime, runtime
 
 RELEASE_SUFFIX = "-release"
@@ -30,24 +30,42 @@ def release_model(kb: str) -> str:
 
 
 def production_manifest(session: Session, rt: Runtime) -> dict:
-    """Every live document's production adapter, as the catalog records it."""
+    """Every live document's production adapter, as the catalog records it (plain rows: no ORM objects,
+    so a no-op refresh of 10,000 documents does not build 40,000 of them)."""
+    from sqlalchemy import select
+
+    from tasks.catalog.models import Document, DocumentVersion, Source
+
+    rows = session.execute(
+        select(
+            Source.name,
+            Document.current_path,
+            Document.id,
+            Adapter.registered_model,
+            Adapter.model_version,
+            Adapter.adapter_sha256,
+        )
+        .join(DocumentVersion, DocumentVersion.id == Adapter.document_version_id)
+        .join(Document, Document.id == DocumentVersion.document_id)
+        .join(Source, Source.id == Document.source_id)
+        .where(
+            Adapter.state == AdapterState.PRODUCTION,
+            Adapter.registered_model.is_not(None),
+            Document.state != DocumentState.DELETED,
+        )
+        .order_by(Adapter.registered_model, Adapter.id)
+    )
     documents = [
-        _manifest_entry(a)
-        for a in queries.production_adapters(session)
-        if a.registered_model and a.document_version.document.state is not DocumentState.DELETED
+        {
+            "document": f"{source}:{path}",
+            "document_id": doc_id,
+            "model": model,
+            "version": version,
+            "adapter_sha256": sha,
+        }
+        for source, path, doc_id, model, version, sha in rows
     ]
     return {"knowledge_base": rt.kb.name, "documents": documents}
-
-
-def _manifest_entry(adapter: Adapter) -> dict:
-    doc = adapter.document_version.document
-    return {
-        "document": doc.label,
-        "document_id": doc.id,
-        "model": adapter.registered_model,
-        "version": adapter.model_version,
-        "adapter_sha256": adapter.adapter_sha256,
-    }
 
 
 def write_release(
@@ -62,8 +80,12 @@ def write_release(
     rt = runtime(config)
     with session_scope(rt.sessions) as session:
         manifest = production_manifest(session, rt)
+    digest = _digest(manifest["documents"])
+    if _released_digest(rt) == digest:  # this home saw this exact production set released: no MLflow
+        return None
     latest = latest_release(rt)
     if latest is not None and latest[1]["documents"] == manifest["documents"]:
+        _remember_released(rt, digest)
         return None
     manifest |= {
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -80,7 +102,32 @@ def write_release(
         tags = {"reason": reason, "documents": str(len(manifest["documents"]))}
         if restored_from:
             tags["restored_from"] = restored_from
-        return rt.registry.register_file_version(release_model(rt.kb.name), folder, tags=tags)
+        version = rt.registry.register_file_version(release_model(rt.kb.name), folder, tags=tags)
+    _remember_released(rt, digest)
+    return version
+
+
+def _digest(documents: list[dict]) -> str:
+    import hashlib
+
+    return hashlib.sha256(json.dumps(documents, sort_keys=True).encode()).hexdigest()
+
+
+def _release_cache(rt: Runtime) -> Path:
+    return rt.settings.home.resolve() / f"released-{rt.kb.name}.sha256"
+
+
+def _released_digest(rt: Runtime) -> str | None:
+    """The production set of the latest release as this home last saw it (a cache: the registry decides)."""
+    try:
+        return _release_cache(rt).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+
+
+def _remember_released(rt: Runtime, digest: str) -> None:
+    with contextlib.suppress(OSError):  # a cache: without it the next run asks the registry
+        _release_cache(rt).write_text(digest + "\n", encoding="utf-8")
 
 
 def latest_release(rt: Runtime) -> tuple[str, dict] | None:

@@ -7,6 +7,7 @@ from tasks.catalog import queries
 from tasks.catalog.db import session_scope
 from tasks.catalog.models import Document
 from tasks.catalog.types import AdapterState
+from tasks.faults import fault_point
 from tasks.runtime import runtime
 
 LIVE = (AdapterState.CANDIDATE, AdapterState.PASSED, AdapterState.PRODUCTION)
@@ -32,6 +33,7 @@ def retire(config: str, document_id: int, flow_run_id: str | None = None) -> int
                     reason=f"document deleted: {doc.label}",
                     flow_run_id=flow_run_id,
                 )
+                fault_point("retire")
         for adapter in adapters:
             adapter.state = AdapterState.RETIRED
         return len(adapters)

@@ -7,6 +7,8 @@ boundary. This module is also the one place that builds a generator (``build_gen
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import threading
 from dataclasses import dataclass, field
@@ -78,6 +80,46 @@ class Runtime:
                 self._generator = build_generator(self.settings, self.kb.generator)
             return self._generator
 
+    def known_fingerprint(self) -> str | None:
+        """The configured generator's fingerprint as last computed in this home, without loading the model.
+
+        Keyed by the generator config and the size and mtime of every file of its base model and
+        checkpoint, so a changed model is loaded and fingerprinted again."""
+        try:
+            cache = json.loads(self._fingerprint_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return cache.get(self._generator_key())
+
+    def remember_fingerprint(self, fingerprint: str) -> None:
+        try:
+            self._fingerprint_file.write_text(
+                json.dumps({self._generator_key(): fingerprint}), encoding="utf-8"
+            )
+        except OSError as exc:  # a cache: without it the next run loads the model to fingerprint it
+            log.debug("cannot write %s: %s", self._fingerprint_file, exc)
+
+    @property
+    def _fingerprint_file(self) -> Path:
+        return self.settings.home.resolve() / "generator-fingerprint.json"
+
+    def _generator_key(self) -> str:
+        cfg = self.kb.generator
+        stats = []
+        candidates = [Path(cfg.base_model), self.settings.models_dir / cfg.base_model]
+        candidates += [Path(str(v)) for v in cfg.options.values() if isinstance(v, str) and "/" in v]
+        for folder in candidates:
+            files = sorted(folder.rglob("*")) if folder.is_dir() else [folder] if folder.is_file() else []
+            for f in files:
+                st = f.stat()
+                stats.append((str(f), st.st_size, st.st_mtime_ns))
+        payload = {
+            "config": cfg.model_dump(mode="json"),
+            "models": str(self.settings.models_dir),
+            "files": stats,
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
+
     def source_config(self, name: str) -> SourceConfig:
         """The configuration of the source called ``name``."""
         return next(s for s in self.kb.sources if s.name == name)
@@ -106,7 +148,8 @@ class CatalogNotReady(RuntimeError):
 def prepare_catalog(url: str) -> None:
     """Upgrade an embedded SQLite catalog by itself; a server catalog must be upgraded explicitly."""
     if url.startswith("sqlite"):
-        db.upgrade(url)
+        if db.current_revision(url) != db.head_revision():  # the check is cheap; an upgrade run is not
+            db.upgrade(url)
         return
     if db.current_revision(url) != db.head_revision():
         shown = make_url(url).render_as_string(hide_password=True)

@@ -44,6 +44,8 @@ class LocalSourceConfig(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     path: Path
     include: list[str] | None = None
+    # Larger documents are refused, per document, before they are parsed or tokenised.
+    max_bytes: int = Field(default=50 * 2**20, gt=0)
 
     @property
     def uri(self) -> str:
@@ -58,6 +60,8 @@ class GitSourceConfig(_Strict):
     branch: str = "main"
     subdir: str = ""
     include: list[str] | None = None
+    # Larger documents are refused, per document, before they are parsed or tokenised.
+    max_bytes: int = Field(default=50 * 2**20, gt=0)
 
     @property
     def uri(self) -> str:
@@ -109,6 +113,8 @@ class MediaWikiSourceConfig(_Strict):
     username: str | None = None
     password_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN)
     namespaces: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    # Larger documents are refused, per document, before they are parsed or tokenised.
+    max_bytes: int = Field(default=50 * 2**20, gt=0)
     maxlag: int = 5  # seconds of replication lag at which the wiki asks bots to wait
     retries: int = Field(default=4, ge=0)
     backoff_s: float = Field(default=1.0, ge=0)  # first retry delay; doubles, capped by max_backoff_s
@@ -228,6 +234,8 @@ class Settings(BaseSettings):
     # another process holds a core (CD on SmolLM2: 70 s/document with 1 thread, ~300 s with 2, measured side
     # by side under the same load); 0 leaves torch's own default.
     threads: int = 1
+    # How long a refresh waits for another refresh of the same knowledge base before it gives up (exit 3).
+    lock_wait_s: float = Field(default=10.0, ge=0)
 
     @property
     def catalog(self) -> str:
@@ -252,6 +260,22 @@ class Settings(BaseSettings):
     @property
     def git_dir(self) -> Path:
         return self.home.resolve() / "git"
+
+
+def check_home(home: Path) -> None:
+    """The state folder exists (created if needed) and is writable, else one ``HomeUnusable`` line."""
+    from tasks.errors import HomeUnusable
+
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise HomeUnusable(f"INSTILL_HOME {home}: a file is in the way (it must be a folder)") from None
+    except OSError as exc:
+        raise HomeUnusable(f"INSTILL_HOME {home}: cannot create it: {exc.strerror or exc}") from None
+    if not home.is_dir():
+        raise HomeUnusable(f"INSTILL_HOME {home}: not a folder")
+    if not os.access(home, os.W_OK | os.X_OK):
+        raise HomeUnusable(f"INSTILL_HOME {home}: not writable (instill keeps its catalog and models there)")
 
 
 def load_knowledge_base(path: Path) -> KnowledgeBase:
@@ -308,13 +332,22 @@ RUNTIME_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "TRANSFORMERS_VERBOSITY": "error",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    # A bounded budget for every MLflow HTTP call (MLflow's own defaults retry for minutes): with the
+    # registry down a refresh fails within a minute and the next one registers what this one recorded.
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
 }
 
 
 def apply_runtime_env(home: Path) -> None:
-    """Offline, telemetry-free defaults; an explicit environment variable always wins."""
+    """Offline, telemetry-free defaults; an explicit environment variable always wins.
+
+    Raises ``HomeUnusable`` (one line) when the home cannot be created or written."""
     for key, value in RUNTIME_ENV.items():
         os.environ.setdefault(key, value)
+    check_home(home)
     prefect_home = (home / "prefect").resolve()
     prefect_home.mkdir(parents=True, exist_ok=True)  # Prefect creates only the last level itself
     os.environ.setdefault("PREFECT_HOME", str(prefect_home))

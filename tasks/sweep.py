@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from tasks.catalog import queries
 from tasks.catalog.db import session_scope
 from tasks.catalog.models import Generator
+from tasks.faults import fault_point
 from tasks.runtime import Runtime, runtime
 
 
@@ -28,6 +29,7 @@ def sweep(config: str, source_name: str) -> Leftovers:
     """Everything the catalog holds undone for ``source_name``, before this run generates anything."""
     rt = runtime(config)
     generator_id = generator_row(rt)
+    fault_point("sweep")
     with session_scope(rt.sessions) as session:
         source = queries.source_by_name(session, source_name)
         if source is None:
@@ -42,9 +44,19 @@ def sweep(config: str, source_name: str) -> Leftovers:
 
 
 def generator_row(rt: Runtime) -> int:
-    """The catalog's ``generators`` row for the configured generator (created on first use)."""
+    """The catalog's ``generators`` row for the configured generator (created on first use).
+
+    The base model is loaded only when this home has not fingerprinted the configured generator yet
+    (``Runtime.known_fingerprint``): a refresh with nothing to generate never loads it."""
+    known = rt.known_fingerprint()
+    if known is not None:
+        with session_scope(rt.sessions) as session:
+            row = queries.generator_by_fingerprint(session, known)
+            if row is not None:
+                return row.id
     gen = rt.generator()  # loads the base model once per process
     fingerprint = gen.fingerprint()
+    rt.remember_fingerprint(fingerprint)
     with session_scope(rt.sessions) as session:
         row = queries.generator_by_fingerprint(session, fingerprint)
         if row is None:

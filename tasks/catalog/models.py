@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ForeignKey, Index, UniqueConstraint
+from sqlalchemy import ForeignKey, Index, UniqueConstraint, text
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from tasks.catalog.base import Base
@@ -71,11 +71,24 @@ class Document(Base):
         return f"{self.source.name}:{self.current_path}"
 
 
+def _next_seq(context) -> int:
+    """The next version number of the document (``tasks.record`` sets it itself, in its transaction)."""
+    document_id = context.get_current_parameters()["document_id"]
+    found = context.connection.execute(
+        text("SELECT COALESCE(MAX(seq), 0) + 1 FROM document_versions WHERE document_id = :d"),
+        {"d": document_id},
+    )
+    return int(found.scalar_one())
+
+
 class DocumentVersion(Base):
     __tablename__ = "document_versions"
+    # Two writers appending "the next version" of one document cannot both succeed (tasks/record.py).
+    __table_args__ = (UniqueConstraint("document_id", "seq"),)
 
     id: Mapped[intpk]
     document_id: Mapped[int] = mapped_column(ForeignKey("documents.id"), index=True)
+    seq: Mapped[int] = mapped_column(default=_next_seq)  # 1, 2, ... per document
     source_revision: Mapped[str]  # blob id, object version id / checksum, wiki revid, content sha256
     raw_sha256: Mapped[sha256 | None]  # None when the bytes could not be fetched (refused, too large)
     # Half of an adapter's cache key (with the generator fingerprint), hence the index.
@@ -136,6 +149,8 @@ class Adapter(Base):
     state: Mapped[AdapterState] = mapped_column(default=AdapterState.CANDIDATE)
     flow_run_id: Mapped[str | None]
     error: Mapped[str | None]
+    # Share of the document's text the generator saw: below 1.0 the document was cut to its window.
+    covered_fraction: Mapped[float | None]
     created_at: Mapped[created_at]
     updated_at: Mapped[updated_at]
 

@@ -30,6 +30,7 @@ class RunStatus(StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     PARTIAL = "partial"
+    CRASHED = "crashed"  # left `running` by a process that died; closed by the next refresh
 
 
 class UTCDateTime(TypeDecorator[datetime]):

@@ -108,6 +108,15 @@ class DocumentFetchError(RuntimeError):
         self.reason = reason
 
 
+class TooLargeError(DocumentFetchError):
+    """The document is larger than its source's ``max_bytes``: refused (recorded, not retried)."""
+
+    permanent = True
+
+    def __init__(self, source: str, key: str, size: int, limit: int) -> None:
+        super().__init__(source, key, f"{size:,} bytes, over the source's max_bytes of {limit:,}")
+
+
 class StaleRevisionError(DocumentFetchError):
     """The document's bytes changed between ``changes()`` and ``fetch()``."""
 

@@ -18,6 +18,7 @@ from tasks.sources.base import (
     Source,
     SourceError,
     StaleRevisionError,
+    TooLargeError,
     compare_with_known,
     is_selected,
     sort_changes,
@@ -44,11 +45,12 @@ class LocalFolderSource(Source):
     name: str
     root: Path
     include: list[str] | None = None
+    max_bytes: int = 50 * 2**20
     kind: ClassVar[str] = "local"
 
     @classmethod
     def from_config(cls, cfg: LocalSourceConfig, settings: Settings) -> LocalFolderSource:
-        return cls(cfg.name, cfg.path, include=cfg.include)
+        return cls(cfg.name, cfg.path, include=cfg.include, max_bytes=cfg.max_bytes)
 
     def changes(self, cursor: None, known: Mapping[str, KnownDocument]) -> ChangeSet:
         root = self._checked_root()
@@ -60,6 +62,9 @@ class LocalFolderSource(Source):
     def fetch(self, change: Change) -> bytes:
         path = self._document_path(change.key)
         try:
+            size = path.stat().st_size
+            if size > self.max_bytes:  # refused before a byte is read
+                raise TooLargeError(self.name, change.key, size, self.max_bytes)
             data = path.read_bytes()
         except OSError as err:
             raise DocumentFetchError(self.name, change.key, err.strerror or str(err)) from err
