@@ -102,9 +102,7 @@ def evaluate(
     checkpoint: CheckpointOption = None,
     corpus: Annotated[
         Path | None,
-        typer.Option(
-            help="Built corpus for the real section (default: <INSTILL_HOME>/corpus when built)."
-        ),
+        typer.Option(help="Built corpus for the real section (default: <INSTILL_HOME>/corpus when built)."),
     ] = None,
     gates: Annotated[
         bool, typer.Option("--gates/--no-gates", help="Run the QA gates on real adapters.")

@@ -74,9 +74,9 @@ def run_eval_kb(
     cfg: EvalKBConfig, settings: Settings, out_dir: Path, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     import torch
+    from hypernet.evaluate import answer_nll, exact_match, greedy_answer
 
     from hypernet.base_model import load_base_model
-    from hypernet.evaluate import answer_nll, exact_match, greedy_answer
     from hypernet.generators import make_generator
     from hypernet.probes import Probe
     from tasks.combine import combine
