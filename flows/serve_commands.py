@@ -97,8 +97,11 @@ def validate(
     adapter_dirs: Annotated[list[Path], typer.Argument(help="Adapter folders to check.")],
     max_lora_rank: Annotated[int, typer.Option("--max-lora-rank")] = 16,
     architecture: Annotated[str, typer.Option("--architecture")] = "LlamaForCausalLM",
+    config: ConfigOption = None,
 ) -> None:
-    """Check adapter folders against vLLM's rules; exit 1 and say what is wrong if any breaks one."""
+    """Check adapter folders against vLLM's rules; exit 1 and say what is wrong if any breaks one.
+
+    ``--config`` is accepted like every command's; the check reads nothing but the folders."""
     from tasks.export import validate_vllm
 
     problems = [p for d in adapter_dirs for p in validate_vllm(d, max_lora_rank, architecture)]

@@ -61,12 +61,22 @@ class MlflowLogger:
         step = int(record.get("step", self.last_step))
         self.last_step = step
         prefix = {"train": "train", "eval": "eval", "final": "final", "precompute": "precompute"}.get(kind)
-        if prefix:
-            metrics = flatten(record, prefix)
-            for name, value in metrics.items():
-                self.client.log_metric(self.run_id, name, value, step=step)
+        if kind == "final" and "sets" in record:  # one record per held-out set, as the evaluations
+            for label, figures in record["sets"].items():
+                self._log(figures, _set_prefix("final", label), step)
+        elif prefix:
+            self._log(record, _set_prefix(prefix, record.get("set")), step)
         if self.echo:
             print(json.dumps(record), flush=True)
+
+    def _log(self, record: dict[str, Any], prefix: str, step: int) -> None:
+        for name, value in flatten(record, prefix).items():
+            self.client.log_metric(self.run_id, name, value, step=step)
+
+
+def _set_prefix(prefix: str, label: str | None) -> str:
+    """``eval/*`` for the synthetic set (the names earlier runs used), ``eval_real/*`` for real text."""
+    return prefix if label in (None, "synthetic") else f"{prefix}_{label}"
 
 
 def _experiment_id(client: MlflowClient, settings: Settings, name: str) -> str:

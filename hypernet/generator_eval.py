@@ -5,7 +5,7 @@ and real text (``hypernet.corpus``, topics outside training). Their probes are n
 adapter: the hypernetwork never sees held-out documents, and context distillation trains on its own
 sentence probes (see hypernet.corpus for why the real-text probes cannot coincide with them).
 
-Per section, the teacher-forced answer NLL (``hypernet.evaluate.answer_nll``, mean per probe, then
+Per section, the teacher-forced answer NLL (``hypernet.metrics.answer_nll``, mean per probe, then
 per document) under five conditions: base; the bias LoRA alone; the document's own generated adapter;
 the adapter generated from the next document (the control that exposes a constant adapter); the base
 model with the document in context. Gap closed = mean(base - x) / mean(base - in-context) over

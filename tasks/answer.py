@@ -304,7 +304,7 @@ class Answerer:
         """The answer's text pieces as they are generated; ``finish['reason']`` is set at the end."""
         from transformers import TextIteratorStreamer
 
-        from hypernet.cd import _pad_id
+        from hypernet.batching import pad_id
         from hypernet.lora import applied
 
         max_new_tokens = max_new_tokens or self.serving.max_new_tokens
@@ -338,7 +338,7 @@ class Answerer:
                         top_p=None,
                         top_k=None,
                         eos_token_id=tok.eos_token_id,
-                        pad_token_id=_pad_id(tok),
+                        pad_token_id=pad_id(tok),
                         streamer=streamer,
                     )
                 new = out.shape[1] - len(ids)

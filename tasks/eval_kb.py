@@ -74,10 +74,10 @@ def run_eval_kb(
     cfg: EvalKBConfig, settings: Settings, out_dir: Path, log: Callable[[str], None] = print
 ) -> dict[str, Any]:
     import torch
-    from hypernet.evaluate import answer_nll, exact_match, greedy_answer
 
     from hypernet.base_model import load_base_model
     from hypernet.generators import make_generator
+    from hypernet.metrics import answer_nll, exact_match, greedy_answer
     from hypernet.probes import Probe
     from tasks.combine import combine
     from tasks.route import BM25Router, EmbeddingRouter

@@ -109,8 +109,10 @@ def test_real_text_and_a_warm_start_join_a_run(tiny_base, tmp_path: Path) -> Non
     cfg.init_from = str(start)
     train(cfg, tiny_base, tmp_path / "second", records.append)
     assert records[0] == {"kind": "init", "from": str(start), "time": records[0]["time"]}
+    data = next(r for r in records if r["kind"] == "data")
+    assert data["synthetic"] == 16 and data["real"] == 6 and data["heldout_synthetic"] == 4
     precompute = [r for r in records if r["kind"] == "precompute"][-1]
-    assert precompute["of"] == 16 + 4 + 6  # synthetic train + held-out + real
+    assert precompute["of"] == 4  # held-out only: training documents are read when a batch needs them
     before = load_hypernet(start).state_dict()
     after = load_hypernet(tmp_path / "second" / "final").state_dict()
     assert all(torch.equal(before[k], after[k]) for k in ("bias_A", "bias_B"))  # frozen without stage 1

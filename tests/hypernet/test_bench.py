@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import time
 from pathlib import Path
 
@@ -45,10 +46,13 @@ def test_peak_memory_sees_an_allocation_inside_the_block() -> None:
     peak = PeakMemory()
     before = rss_mb()
     with peak.watch():
-        block = bytearray(64 * 2**20)  # 64 MiB, touched
-        block[::4096] = b"x" * len(block[::4096])
+        # fresh anonymous pages (a bytearray may reuse heap the long test session already freed, which
+        # does not raise the resident size), every page touched
+        block = mmap.mmap(-1, 64 * 2**20)
+        for offset in range(0, len(block), 4096):
+            block[offset] = 1
         time.sleep(0.1)  # the watcher samples every 5 ms from another thread: give it the GIL a few times
-        del block
+        block.close()
     assert peak.peak_mb >= before + 32
 
 
