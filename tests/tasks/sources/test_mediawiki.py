@@ -124,7 +124,7 @@ def test_rows_of_the_same_second_after_the_cursor_are_read_and_those_before_are_
     rcid = {r["revid"]: r["rcid"] for r in rows}
     known = {str(first["pageid"]): KnownDocument(str(first["pageid"]), str(first["newrevid"]))}
 
-    after_first = source.changes(f"{stamp}|{rcid[first['newrevid']]}", known)
+    after_first = source.changes(Mark(stamp, rcid[first["newrevid"]]), known)
     assert summary(after_first.changes) == [("added", str(second["pageid"]), f"T{ns}:Second {attempt}")]
     assert after_first.cursor == Mark(stamp, rcid[second["newrevid"]])
     # From the second row on, neither row is read again: nothing changes, even for an empty catalog.
