@@ -100,7 +100,7 @@ def weights_sha256(model_dir: Path) -> str:
     marker = _read_marker(model_dir)
     if marker.get("weights_sha256") and marker.get("weights_stamp") == stamp:
         return marker["weights_sha256"]
-    digest = _sha256_files(files)
+    digest = sha256_files(files)
     try:
         _write_marker(model_dir, {**marker, "weights_sha256": digest, "weights_stamp": stamp})
     except OSError:
@@ -210,8 +210,8 @@ def _convert_gguf(gguf: Path, alias: str, out: Path) -> None:
             "model_id": alias,
             "source_gguf": gguf.name,
             "source_gguf_size": gguf.stat().st_size,
-            "source_gguf_sha256": _sha256_files([gguf]),
-            "weights_sha256": _sha256_files(weights),
+            "source_gguf_sha256": sha256_files([gguf]),
+            "weights_sha256": sha256_files(weights),
             "weights_stamp": [[f.name, f.stat().st_size, f.stat().st_mtime_ns] for f in weights],
             "transformers_version": transformers.__version__,
         },
@@ -219,7 +219,8 @@ def _convert_gguf(gguf: Path, alias: str, out: Path) -> None:
     log.info("base model %s cached in %.1f s", alias, time.perf_counter() - start)
 
 
-def _sha256_files(files: list[Path]) -> str:
+def sha256_files(files: list[Path]) -> str:
+    """sha256 over the files' bytes, in the order given (one file: its plain sha256)."""
     h = hashlib.sha256()
     for f in files:
         with f.open("rb") as fh:

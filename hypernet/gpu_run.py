@@ -33,16 +33,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hypernet.base_model import sha256_files
+
 PART_BYTES = 15 << 20  # under the 16 MiB a returned file may have
 GGUF_WHEEL = "gguf==0.19.0"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tensors_sha256(model) -> str:
@@ -73,7 +67,7 @@ def join_parts(parts: list[Path], out: Path, sha256: str | None = None) -> Path:
     with out.open("wb") as fh:
         for part in parts:
             fh.write(part.read_bytes())
-    if sha256 and sha256_file(out) != sha256:
+    if sha256 and sha256_files([out]) != sha256:
         raise SystemExit(f"{out}: sha256 differs from the staged file (a part is missing or damaged)")
     return out
 
@@ -110,9 +104,9 @@ def stage(
         )  # fmt: skip
     base = load_base_model(DEFAULT_BASE_MODEL, model_cache, device="cpu")
     record = {
-        "gguf": gguf.name, "gguf_parts": parts, "gguf_sha256": sha256_file(gguf),
+        "gguf": gguf.name, "gguf_parts": parts, "gguf_sha256": sha256_files([gguf]),
         "tensors_sha256": tensors_sha256(base.model), "weights_sha256": base.weights_sha256,
-        "corpus_manifest_sha256": sha256_file(Path(corpus) / "manifest.json"),
+        "corpus_manifest_sha256": sha256_files([Path(corpus) / "manifest.json"]),
     }  # fmt: skip
     (out / "stage.json").write_text(json.dumps(record, indent=2) + "\n")
     return record
@@ -188,15 +182,8 @@ def train_there(stage_dir: Path, out: Path, minutes: float, tiny: bool = False) 
     cfg = training.TrainConfig(**gpu_config(left, steps, corpus, tiny))
     run_dir = work / "run"
     shutil.rmtree(run_dir, ignore_errors=True)
-    run = training.setup(cfg, base, run_dir, log)
-    run.on_checkpoint = lambda path: publish(path, run_dir, out)  # a killed run still returns one
-    training.fit(run)
-    final = {r["set"]: r for r in training.evaluate(run, None, cfg.em_docs, log=False)}
-    log({"kind": "final", "sets": final})
-    summary = {"steps": run.step, "device": str(base.device), "train_config": cfg.to_dict(),
-               "corpus_manifest_sha256": run.corpus_sha256, "heldout_eval_by_set": final}  # fmt: skip
-    training.save_hypernet(run.net, run_dir / "final", training=summary)
-    publish(run_dir / "final", run_dir, out)
+    # every checkpoint is published to $OUT as it is written, so a killed run still returns one
+    training.train(cfg, base, run_dir, log, on_checkpoint=lambda path: publish(path, run_dir, out))
     return out / "ckpt"
 
 

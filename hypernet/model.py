@@ -30,7 +30,6 @@ between the own and a shuffled document's adapter gave specificity. This impleme
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -43,6 +42,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from hypernet.base_model import sha256_files
 from hypernet.features import pad_features
 from hypernet.lora import LoraWeights, target_linears
 
@@ -341,11 +341,7 @@ def save_hypernet(net: Hypernet, out_dir: Path, training: dict[str, Any] | None 
 
 def checkpoint_sha256(ckpt_dir: Path) -> str:
     """The fingerprint of a checkpoint: sha256 of its safetensors file."""
-    h = hashlib.sha256()
-    with (Path(ckpt_dir) / WEIGHTS_FILE).open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_files([Path(ckpt_dir) / WEIGHTS_FILE])
 
 
 def load_hypernet(ckpt_dir: Path, device: str = "cpu") -> Hypernet:

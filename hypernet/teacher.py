@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from hypernet.base_model import BaseModel, chat_ids
-from hypernet.batching import pad_id, shared_prefix_logprobs
+from hypernet.batching import pad_id, right_pad, shared_prefix_logprobs
 from hypernet.data import Document, student_prompt, teacher_prompt
 from hypernet.lora import LoraWeights, applied
 
@@ -56,18 +56,9 @@ def make_batch(tokenizer, docs: list[Document]) -> Batch:
         for q in d.questions:
             seqs.append(chat_ids(tokenizer, student_prompt(q.text), q.answer))
             doc_index.append(j)
-    width = max(len(p) + len(a) for p, a in seqs)
-    ids = torch.full((len(seqs), width), pad_id(tokenizer), dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    predict = torch.zeros((len(seqs), width), dtype=torch.bool)
-    target, seq = [], []
-    for i, (prompt, answer) in enumerate(seqs):
-        n = len(prompt) + len(answer)
-        ids[i, :n] = torch.tensor(prompt + answer)
-        mask[i, :n] = 1
-        predict[i, len(prompt) - 1 : n - 1] = True
-        target += answer
-        seq += [i] * len(answer)
+    ids, mask, predict = right_pad(seqs, pad_id(tokenizer))
+    target = [t for _, answer in seqs for t in answer]
+    seq = [i for i, (_, answer) in enumerate(seqs) for _ in answer]
     return Batch(ids, mask, predict, torch.tensor(target), torch.tensor(seq), torch.tensor(doc_index))
 
 

@@ -481,12 +481,22 @@ def jsonl_logger(path: Path, log: Log) -> Log:
     return emit
 
 
-def train(cfg: TrainConfig, base: BaseModel, out_dir: Path, log: Log) -> Path:
-    """Train (or resume) a hypernetwork for ``base``; returns the final checkpoint dir ``out_dir/final``."""
+def train(
+    cfg: TrainConfig,
+    base: BaseModel,
+    out_dir: Path,
+    log: Log,
+    on_checkpoint: Callable[[Path], None] | None = None,
+) -> Path:
+    """Train (or resume) a hypernetwork for ``base``; returns the final checkpoint dir ``out_dir/final``.
+
+    ``on_checkpoint`` is called with every checkpoint written, and with the final one.
+    """
     out_dir = Path(out_dir)
     log = jsonl_logger(out_dir / "metrics.jsonl", log)
     start = time.perf_counter()
     run = setup(cfg, base, out_dir, log)
+    run.on_checkpoint = on_checkpoint
     fit(run)
     final = {r["set"]: r for r in evaluate(run, None, cfg.em_docs, log=False)}
     log({"kind": "final", "sets": final})
@@ -501,6 +511,8 @@ def train(cfg: TrainConfig, base: BaseModel, out_dir: Path, log: Log) -> Path:
         "heldout_eval_by_set": final,
     }
     save_hypernet(run.net, out_dir / "final", training=summary)
+    if on_checkpoint is not None:
+        on_checkpoint(out_dir / "final")
     return out_dir / "final"
 
 
