@@ -15,8 +15,9 @@ Pid files and logs go to ``--state-dir`` (default ``.instill/stack``), with ``st
 options, no secrets), ``stack.env`` (mode 0600: the variables that point instill at the stack, S3 keys
 included) and ``instill-store.yaml`` (the ``store:`` section for instill.yaml: names of the key variables,
 never the keys). ``down`` stops everything (``--drop-databases`` also drops the three databases);
-``status`` prints one line per service and exits 1 unless all are up. infra/compose.yaml is the same
-topology as containers.
+``status`` prints one line per service and exits 1 unless all are up; ``setup`` only migrates the catalog,
+creates the bucket and the pools for services started elsewhere (infra/compose.yaml, the same topology as
+containers, runs it), reading where they are from the environment (the variables of ``stack.env``).
 """
 
 from __future__ import annotations
@@ -178,11 +179,9 @@ def up(opts: Options) -> None:
     create_databases(opts)
     specs = {name: (argv, e) for name, argv, e in service_specs(opts, env)}
     _ensure("s3", specs, opts, lambda: _http_ok(f"{opts.s3_url}/moto-api/"))
-    create_bucket(opts, env)
     _ensure("prefect-server", specs, opts, lambda: _http_ok(f"{opts.prefect_api}/health"), wait_s=240)
     _ensure("mlflow", specs, opts, lambda: _http_ok(f"{opts.mlflow_url}/health"), wait_s=240)
-    for pool, template in POOLS.items():
-        put_work_pool(opts, pool, json.loads(template.read_text()))
+    setup(env, opts.bucket)
     for name, pool in opts.workers():
         _ensure(name, specs, opts, lambda n=name, p=pool: _worker_online(opts, p, n), wait_s=180)
     print(f"stack up: Prefect {opts.prefect_api}, MLflow {opts.mlflow_url}, S3 {opts.s3_url}")
@@ -223,34 +222,43 @@ def create_databases(opts: Options) -> None:
             db = f"{opts.db_prefix}{name}"
             if not admin.execute("SELECT 1 FROM pg_database WHERE datname = %s", (db,)).fetchone():
                 admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+
+
+def setup(env: dict[str, str], bucket: str) -> None:
+    """What the services need before workers start, given the variables of ``stack.env``: the catalog
+    migrated, the bucket, the ``cpu`` and ``gpu`` pools with their base job template. (infra/compose.yaml
+    runs it as ``infra/stack.py setup``.)"""
     code = "import sys; from tasks.catalog.db import upgrade; upgrade(sys.argv[1])"
-    _run([sys.executable, "-c", code, opts.db_url("instill_catalog", "psycopg")], "catalog migration")
+    _run([sys.executable, "-c", code, env["INSTILL_CATALOG_URL"]], "catalog migration")
+    create_bucket(env, bucket)
+    for pool, template in POOLS.items():
+        put_work_pool(env["PREFECT_API_URL"], pool, json.loads(template.read_text()))
 
 
-def create_bucket(opts: Options, env: dict[str, str]) -> None:
+def create_bucket(env: dict[str, str], bucket: str) -> None:
     import boto3
 
-    s3 = boto3.client("s3", endpoint_url=opts.s3_url, region_name=REGION,
+    s3 = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL_S3"], region_name=REGION,
                       aws_access_key_id=env[KEY_ENV[0]], aws_secret_access_key=env[KEY_ENV[1]])  # fmt: skip
-    if opts.bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
-        s3.create_bucket(Bucket=opts.bucket)
+    if bucket not in {b["Name"] for b in s3.list_buckets().get("Buckets", [])}:
+        s3.create_bucket(Bucket=bucket)
 
 
-def put_work_pool(opts: Options, name: str, template: dict) -> None:
+def put_work_pool(api: str, name: str, template: dict) -> None:
     """Create the pool with this base job template, or set the template of the existing pool."""
     body = {"name": name, "type": "process", "base_job_template": template}
     try:
-        _api(opts, "POST", "/work_pools/", body)
+        _api(api, "POST", "/work_pools/", body)
     except urllib.error.HTTPError as exc:
         if exc.code != 409:
             detail = exc.read()[:300].decode(errors="replace")
             raise StackError(f"cannot create work pool {name}: HTTP {exc.code} {detail}") from None
-        _api(opts, "PATCH", f"/work_pools/{name}", {"base_job_template": template})
+        _api(api, "PATCH", f"/work_pools/{name}", {"base_job_template": template})
 
 
 def _worker_online(opts: Options, pool: str, name: str) -> bool:
     try:
-        workers = _api(opts, "POST", f"/work_pools/{pool}/workers/filter", {})
+        workers = _api(opts.prefect_api, "POST", f"/work_pools/{pool}/workers/filter", {})
     except (urllib.error.URLError, OSError):
         return False
     return any(w["name"] == name and w.get("status") == "ONLINE" for w in workers)
@@ -366,8 +374,8 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _api(opts: Options, method: str, path: str, body: dict):
-    req = urllib.request.Request(f"{opts.prefect_api}{path}", data=json.dumps(body).encode(), method=method,
+def _api(api: str, method: str, path: str, body: dict):
+    req = urllib.request.Request(f"{api}{path}", data=json.dumps(body).encode(), method=method,
                                  headers={"Content-Type": "application/json"})  # fmt: skip
     with urllib.request.urlopen(req, timeout=30) as resp:
         raw = resp.read()
@@ -382,7 +390,7 @@ def _run(argv: list[str], what: str) -> None:
 
 def parse(argv: list[str]) -> tuple[str, Options, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="infra/stack.py", description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["up", "down", "status"])
+    p.add_argument("command", choices=["up", "down", "status", "setup"])
     defaults = Options(state_dir=".instill/stack")
     for field, value in asdict(defaults).items():
         p.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=None)
@@ -399,6 +407,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if command == "up":
             up(opts)
+        elif command == "setup":  # services started elsewhere (compose): the environment says where
+            setup(dict(os.environ), opts.bucket)
         elif command == "down":
             down(opts, args.drop_databases)
         else:
