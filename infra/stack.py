@@ -49,6 +49,7 @@ QUIET = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "OMP_NUM_THREADS": "1",
+    "PYTHONUNBUFFERED": "1",  # logs complete up to the moment a service dies
 }
 
 
@@ -267,6 +268,7 @@ def _worker_online(opts: Options, pool: str, name: str) -> bool:
 def _ensure(name: str, specs: dict, opts: Options, healthy, wait_s: float = 60) -> None:
     """Start ``name`` unless it is running; then wait until ``healthy()``."""
     argv, env = specs[name]
+    proc = None
     if not _alive(opts, name):
         log = (opts.state / "logs" / f"{name}.log").open("ab")
         proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
@@ -274,9 +276,10 @@ def _ensure(name: str, specs: dict, opts: Options, healthy, wait_s: float = 60) 
         _pid_file(opts, name).write_text(str(proc.pid))
     deadline = time.monotonic() + wait_s
     while not healthy():
-        if not _alive(opts, name):
+        if (proc.poll() is not None) if proc else not _alive(opts, name):
             log = opts.state / "logs" / f"{name}.log"
-            raise StackError(f"{name} exited; see {log}:\n{_tail(opts, name)}")
+            code = f" with status {proc.returncode}" if proc else ""
+            raise StackError(f"{name} exited{code}; see {log}:\n{_tail(opts, name)}")
         if time.monotonic() > deadline:
             raise StackError(f"{name} not healthy after {wait_s:.0f} s; see {opts.state / 'logs'}")
         time.sleep(0.5)
