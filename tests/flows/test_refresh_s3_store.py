@@ -43,6 +43,20 @@ def _keys(stack: ProcessStack, prefix: str) -> list[str]:
     return [o["Key"] for page in pages for o in page.get("Contents", [])]
 
 
+def _assert_secret_nowhere(stack: ProcessStack, home: str, output: str) -> None:
+    """The S3 secret is in no database of the stack (catalog, MLflow, Prefect: parameters, logs, states),
+    no file of the home and not in the refresh's output."""
+    secret = stack.env["INSTILL_S3_SECRET_ACCESS_KEY"]
+    assert secret not in output
+    prefix = json.loads((stack.state_dir / "stack.json").read_text())["db_prefix"]
+    for db in ("instill_catalog", "mlflow", "prefect"):
+        dump = subprocess.run(["pg_dump", "-h", "127.0.0.1", "-U", "postgres", f"{prefix}{db}"],
+                              capture_output=True, timeout=300, check=True).stdout  # fmt: skip
+        assert len(dump) > 10_000 and secret.encode() not in dump, db
+    for path in Path(home).rglob("*"):
+        assert not path.is_file() or secret.encode() not in path.read_bytes(), path
+
+
 def _use_stack(kb: Path, stack: ProcessStack, monkeypatch) -> str:
     """Point the kb fixture's instill.yaml at the stack's S3 store, under a name of its own."""
     config = yaml.safe_load(kb.read_text())
@@ -83,6 +97,8 @@ def test_refresh_puts_adapters_in_s3_and_registers_them_with_s3_artifacts(
         assert version.source.startswith("mlflow-artifacts:/")
         run_keys = _keys(process_stack, "mlflow/")
         assert any(f"/{version.run_id}/artifacts/adapter/adapter_model.safetensors" in k for k in run_keys)
+
+    _assert_secret_nowhere(process_stack, env["INSTILL_HOME"], done.stdout + done.stderr + out.read_text())
 
     fresh_env = {k: v for k, v in env.items() if not k.startswith(("INSTILL_", "MLFLOW_", "PREFECT_API"))}
     argv = [sys.executable, "-c", LOAD_BY_URI, located[0], str(tmp_path / "fetched"), str(tiny_model_dir)]
