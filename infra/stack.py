@@ -122,7 +122,14 @@ def service_specs(opts: Options, env: dict[str, str]) -> list[tuple[str, list[st
     for name, pool in opts.workers():
         argv = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
                 "--name", name, "--limit", "1", "--no-create-pool-if-not-found"]  # fmt: skip
-        specs.append((name, argv, env | {"PREFECT_HOME": str(opts.state / "prefect-client")}))
+        # Each worker has a home of its own (its store cache, fingerprint cache), as on its own machine;
+        # the base models come from the checkout's model cache unless INSTILL_MODEL_CACHE says otherwise.
+        home = {
+            "PREFECT_HOME": str(opts.state / "prefect-client"),
+            "INSTILL_HOME": str(opts.state / name),
+            "INSTILL_MODEL_CACHE": env.get("INSTILL_MODEL_CACHE", str(REPO / ".instill" / "models")),
+        }
+        specs.append((name, argv, env | home))
     return specs
 
 
