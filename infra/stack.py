@@ -186,12 +186,12 @@ def up(opts: Options) -> None:
     _write_outputs(opts, env)
     create_databases(opts)
     specs = {name: (argv, e) for name, argv, e in service_specs(opts, env)}
-    _ensure("s3", specs, opts, lambda: _http_ok(f"{opts.s3_url}/moto-api/"))
-    _ensure("prefect-server", specs, opts, lambda: _http_ok(f"{opts.prefect_api}/health"), wait_s=240)
-    _ensure("mlflow", specs, opts, lambda: _http_ok(f"{opts.mlflow_url}/health"), wait_s=240)
+    _ensure("s3", specs, opts, lambda _: _http_ok(f"{opts.s3_url}/moto-api/"))
+    _ensure("prefect-server", specs, opts, lambda _: _http_ok(f"{opts.prefect_api}/health"), wait_s=240)
+    _ensure("mlflow", specs, opts, lambda _: _http_ok(f"{opts.mlflow_url}/health"), wait_s=240)
     setup(env, opts.bucket)
     for name, pool in opts.workers():
-        _ensure(name, specs, opts, lambda n=name, p=pool: _worker_online(opts, p, n), wait_s=180)
+        _ensure(name, specs, opts, lambda started, n=name, p=pool: _worker_online(opts, p, n, started), 180)
     print(f"stack up: Prefect {opts.prefect_api}, MLflow {opts.mlflow_url}, S3 {opts.s3_url}")
     print(f"environment: source {opts.state / 'stack.env'}")
     print(f"store config for instill.yaml: {opts.state / 'instill-store.yaml'}")
@@ -264,25 +264,35 @@ def put_work_pool(api: str, name: str, template: dict) -> None:
         _api(api, "PATCH", f"/work_pools/{name}", {"base_job_template": template})
 
 
-def _worker_online(opts: Options, pool: str, name: str) -> bool:
+def _worker_online(opts: Options, pool: str, name: str, started: float | None) -> bool:
+    """The worker is ONLINE; one just started must have sent a heartbeat since (the record of a killed
+    predecessor of the same name stays ONLINE for a while)."""
+    from datetime import datetime
+
     try:
         workers = _api(opts.prefect_api, "POST", f"/work_pools/{pool}/workers/filter", {})
     except (urllib.error.URLError, OSError):
         return False
-    return any(w["name"] == name and w.get("status") == "ONLINE" for w in workers)
+    for w in workers:
+        if w["name"] == name and w.get("status") == "ONLINE":
+            beat = datetime.fromisoformat(w["last_heartbeat_time"].replace("Z", "+00:00")).timestamp()
+            return started is None or beat >= started - 1
+    return False
 
 
 def _ensure(name: str, specs: dict, opts: Options, healthy, wait_s: float = 60) -> None:
-    """Start ``name`` unless it is running; then wait until ``healthy()``."""
+    """Start ``name`` unless it is running; then wait until ``healthy(started)`` (the start's epoch
+    seconds, None when it was running already)."""
     argv, env = specs[name]
-    proc = None
+    proc = started = None
     if not _alive(opts, name):
+        started = time.time()
         log = (opts.state / "logs" / f"{name}.log").open("ab")
         proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         _pid_file(opts, name).write_text(str(proc.pid))
     deadline = time.monotonic() + wait_s
-    while not healthy():
+    while not healthy(started):
         if (proc.poll() is not None) if proc else not _alive(opts, name):
             log = opts.state / "logs" / f"{name}.log"
             code = f" with status {proc.returncode}" if proc else ""

@@ -8,7 +8,7 @@ import subprocess
 import sys
 import urllib.request
 
-from tests.fixtures.stack import SCRIPT, ProcessStack
+from tests.fixtures.stack import SCRIPT, ProcessStack, kill_service
 
 
 def _get(url: str, body: dict | None = None):
@@ -31,6 +31,20 @@ def test_stack_is_up_and_up_again_keeps_every_process(process_stack: ProcessStac
     assert _get(f"{process_stack.prefect_api}/health") is True
     with urllib.request.urlopen(f"{process_stack.mlflow_url}/health", timeout=10) as resp:
         assert resp.status == 200
+
+
+def test_up_restarts_a_killed_worker_and_leaves_the_rest(process_stack: ProcessStack) -> None:
+    before = _pids(process_stack)
+    killed = kill_service(process_stack, "worker-gpu-2")
+    done = process_stack.run("status", check=False)
+    assert done.returncode == 1 and "worker-gpu-2     down" in done.stdout
+    process_stack.run("up")
+    after = _pids(process_stack)
+    assert after["worker-gpu-2"] != str(killed)
+    assert {k: v for k, v in after.items() if k != "worker-gpu-2"} == {
+        k: v for k, v in before.items() if k != "worker-gpu-2"
+    }
+    assert process_stack.run("status").returncode == 0
 
 
 def test_workers_poll_their_pools_with_the_infra_template(process_stack: ProcessStack) -> None:
