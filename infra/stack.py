@@ -15,7 +15,8 @@ Pid files and logs go to ``--state-dir`` (default ``.instill/stack``), with ``st
 options, no secrets), ``stack.env`` (mode 0600: the variables that point instill at the stack, S3 keys
 included) and ``instill-store.yaml`` (the ``store:`` section for instill.yaml: names of the key variables,
 never the keys). ``down`` stops everything (``--drop-databases`` also drops the three databases);
-``status`` prints one line per service and exits 1 unless all are up; ``setup`` only migrates the catalog,
+``status`` prints one line per service and exits 1 unless all are up; ``kill NAME`` SIGKILLs a service and
+the processes it started (a node failure; ``up`` restarts it); ``setup`` only migrates the catalog,
 creates the bucket and the pools for services started elsewhere (infra/compose.yaml, the same topology as
 containers, runs it), reading where they are from the environment (the variables of ``stack.env``).
 """
@@ -306,20 +307,29 @@ def _ensure(name: str, specs: dict, opts: Options, healthy, wait_s: float = 60) 
 
 
 def down(opts: Options, drop_databases: bool = False) -> None:
-    """Stop every service (workers first), SIGTERM then SIGKILL after 20 s; optionally drop the databases."""
+    """Stop every service (workers first) with what it started (a worker's flow runs run in sessions of
+    their own): SIGTERM, SIGKILL after 20 s; optionally drop the databases."""
     for name in reversed(_names(opts)):
         pid = _pid(opts, name)
         if pid is not None and _alive(opts, name):
-            _signal_group(pid, signal.SIGTERM)
+            tree = _tree(pid)
+            _signal_groups(tree, signal.SIGTERM)
             deadline = time.monotonic() + 20
-            while _alive(opts, name) and time.monotonic() < deadline:
+            while any(_runs(p) for p in tree) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if _alive(opts, name):
-                _signal_group(pid, signal.SIGKILL)
+            _signal_groups(tree, signal.SIGKILL)
         _pid_file(opts, name).unlink(missing_ok=True)
     if drop_databases:
         _drop_databases(opts)
     print(f"stack down ({opts.state})")
+
+
+def kill(opts: Options, name: str) -> None:
+    """SIGKILL one service and every process it started, as when its machine dies (``up`` restarts it)."""
+    pid = _pid(opts, name)
+    if pid is None or not _alive(opts, name):
+        raise StackError(f"{name} is not running")
+    _signal_groups(_tree(pid), signal.SIGKILL)
 
 
 def status(opts: Options) -> bool:
@@ -374,9 +384,36 @@ def _alive(opts: Options, name: str) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z" and str(BIN).encode() in cmdline
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)  # the service and the processes it started (server workers, flow runs)
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def _runs(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _signal_groups(pids: list[int], sig: int) -> None:
+    """Signal the process group of each of ``pids`` (a service's, and each flow run's own session)."""
+    groups = set()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            groups.add(os.getpgid(pid))
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, sig)
 
 
 def _tail(opts: Options, name: str, chars: int = 2000) -> str:
@@ -410,7 +447,8 @@ def _run(argv: list[str], what: str) -> None:
 
 def parse(argv: list[str]) -> tuple[str, Options, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="infra/stack.py", description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["up", "down", "status", "setup"])
+    p.add_argument("command", choices=["up", "down", "status", "setup", "kill"])
+    p.add_argument("service", nargs="?", help="kill: the service (e.g. worker-gpu-1)")
     defaults = Options(state_dir=".instill/stack")
     for field, value in asdict(defaults).items():
         p.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=None)
@@ -429,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
             up(opts)
         elif command == "setup":  # services started elsewhere (compose): the environment says where
             setup(dict(os.environ), opts.bucket)
+        elif command == "kill":
+            kill(opts, args.service or "")
         elif command == "down":
             down(opts, args.drop_databases)
         else:

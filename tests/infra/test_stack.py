@@ -6,7 +6,9 @@ import json
 import stat
 import subprocess
 import sys
+import time
 import urllib.request
+from pathlib import Path
 
 from tests.fixtures.stack import SCRIPT, ProcessStack, kill_service
 
@@ -85,3 +87,32 @@ def test_status_of_a_stack_that_is_not_up(tmp_path) -> None:
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 1
     assert "prefect-server   down" in done.stdout
+
+
+def test_kill_and_down_reach_processes_in_sessions_of_their_own(tmp_path) -> None:
+    """A process worker starts each flow run in a session of its own: `kill` (a node failure) and `down`
+    must still end it. Here a stand-in service starts such a child; both must be gone."""
+    child_pid = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time; "
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], "
+        "start_new_session=True); "
+        f"open({str(child_pid)!r}, 'w').write(str(c.pid)); time.sleep(600)"
+    )
+    for command in ("kill", "down"):
+        service = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+        (tmp_path / "worker-gpu-1.pid").write_text(str(service.pid))
+        while not child_pid.exists() or not child_pid.read_text():
+            time.sleep(0.05)
+        child = int(child_pid.read_text())
+        argv = [sys.executable, str(SCRIPT), command, "--state-dir", str(tmp_path), "--gpu-workers", "1"]
+        if command == "kill":
+            argv.insert(3, "worker-gpu-1")
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert service.wait(timeout=30) is not None
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{child}").exists(), f"{command} left the flow-run stand-in running"
+        child_pid.unlink()
