@@ -23,6 +23,10 @@ class HomeUnusable(EnvironmentProblem):
     pass
 
 
+class OrchestratorUnavailable(EnvironmentProblem):
+    """Distributed execution without a usable Prefect server or without the worker deployment."""
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's message, shortened, credentials removed."""
     from tasks.sources.base import redact
