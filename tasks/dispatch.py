@@ -73,7 +73,7 @@ def idempotency_key(batch: Batch, fingerprint: str, after: str | None = None) ->
     return f"generate-adapters:{digest}" + (f":after:{after}" if after else "")
 
 
-def require_server(deployment: str) -> None:
+def require_server(deployment: str | None) -> None:
     """Distributed execution needs a Prefect server (``PREFECT_API_URL``) that has the worker deployment;
     otherwise one ``OrchestratorUnavailable`` line, before anything is submitted."""
     from prefect.client.orchestration import get_client
@@ -92,7 +92,8 @@ def require_server(deployment: str) -> None:
         if problem is not None:
             raise OrchestratorUnavailable(f"Prefect server at {url}: {first_line(problem)}")
         try:
-            client.read_deployment_by_name(deployment)
+            if deployment:
+                client.read_deployment_by_name(deployment)
         except ObjectNotFound:
             raise OrchestratorUnavailable(
                 f"deployment {deployment} not found on the Prefect server at {url}: "
