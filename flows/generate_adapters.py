@@ -15,11 +15,13 @@ versions stay pending for the next refresh.
 
 from __future__ import annotations
 
+import time
+
 from prefect import flow, task
 from prefect.runtime import flow_run
 from prefect.states import Completed
 
-from tasks.dispatch import failures_message
+from tasks.dispatch import report_message
 from tasks.gate import gate
 from tasks.generate import generate_batch
 from tasks.lock import GPU_LIMIT
@@ -38,15 +40,26 @@ def generate_adapters(
 
     run_id = str(flow_run.id) if flow_run.id else None
     rt = runtime(config)
+    clock = [time.perf_counter()]
+
+    def lap() -> float:
+        clock.append(time.perf_counter())
+        return clock[-1] - clock[-2]
+
     with concurrency(GPU_LIMIT, occupy=1):
+        seconds = {"slot": lap()}
         rt.generator()  # the base model and the generator, once for the whole batch
+        seconds["load"] = lap()
         generated = generate_task(config, version_ids, generator_id, run_id)
+        seconds["generate"] = lap()
+        seconds["generator"] = sum(g.seconds for g in generated)  # inside the generator itself
         new = [g.adapter_id for g in generated if g.adapter_id is not None]
         to_gate = sorted(set(ungated or []) | set(new)) if rt.kb.gates.enabled else []
         gated = [gate_task(config, adapter_id, run_id) for adapter_id in to_gate]
+        seconds["gate"] = lap()
     done = sum(1 for g in generated if g.adapter_id is not None)
     passed = sum(1 for g in gated if g.passed)
     return Completed(
-        message=failures_message(generated),
+        message=report_message(generated, seconds),
         data={"generated": done, "failed": len(generated) - done, "gated": len(gated), "passed": passed},
     )

@@ -37,8 +37,8 @@ from tasks.runtime import runtime
 log = logging.getLogger(__name__)
 
 # A worker's flow run ends with this prefix and a JSON object in its state message: the versions it
-# could not generate and why (the parent reads them; the catalog holds everything else).
-FAILURES_PREFIX = "instill-failures:"
+# could not generate and why, and where its time went (the catalog holds everything else).
+REPORT_PREFIX = "instill:"
 MAX_FOLLOW_UPS = 8  # follow-up runs of one batch in one refresh, after runs that ended with work pending
 
 
@@ -164,8 +164,9 @@ def _outcomes(config: str, generator_id: int, finished: list) -> Dispatched:
     with session_scope(rt.sessions) as session:
         for batch, run in finished:
             state = run.state.type.value if run.state else "UNKNOWN"
-            out.runs.append({"name": run.name, "id": str(run.id), "state": state, "versions": batch.versions})
-            failures = _failures(run)
+            report = run_report(run)
+            failures = report.get("failed", {})
+            out.runs.append(run_timing(run) | {"state": state, "versions": batch.versions} | report)
             for version_id in batch.versions:
                 adapter = queries.own_adapter(session, version_id, generator_id)
                 out.generated.append(_generated(session, version_id, adapter, run, state, failures))
@@ -207,17 +208,28 @@ def _verdict(adapter: Adapter) -> GateOutcome:
     return GateOutcome(adapter.id, document, True)
 
 
-def _failures(run) -> dict:
+def run_timing(run) -> dict:
+    """A flow run's name and id, how long it waited for a worker and how long it ran (seconds)."""
+    waited = (run.start_time - run.created).total_seconds() if run.start_time and run.created else None
+    ran = (run.end_time - run.start_time).total_seconds() if run.end_time and run.start_time else None
+    return {"name": run.name, "id": str(run.id), "waited_s": waited, "ran_s": ran}
+
+
+def run_report(run) -> dict:
+    """What a worker's flow run reported in its final state message (empty if it never finished)."""
     message = (run.state.message or "") if run.state else ""
-    if not message.startswith(FAILURES_PREFIX):
+    if not message.startswith(REPORT_PREFIX):
         return {}
     try:
-        return json.loads(message[len(FAILURES_PREFIX) :])
+        return json.loads(message[len(REPORT_PREFIX) :])
     except ValueError:
         return {}
 
 
-def failures_message(outcomes: list[GenerateOutcome]) -> str:
-    """The worker's final state message: the versions it could not generate, with the reason."""
+def report_message(outcomes: list[GenerateOutcome], seconds: dict[str, float]) -> str:
+    """The worker's final state message: the versions it could not generate (with the reason) and the
+    seconds it spent loading, generating and gating."""
     failed = {str(o.version_id): o.error for o in outcomes if o.error}
-    return FAILURES_PREFIX + json.dumps(failed)
+    return REPORT_PREFIX + json.dumps(
+        {"failed": failed, "seconds": {k: round(v, 3) for k, v in seconds.items()}}
+    )

@@ -213,7 +213,7 @@ def _snapshot(config: Path, home: Path, catalog: str | None) -> dict:
                     for v in doc.versions
                 ]  # fmt: skip
             out["events"] = sorted(
-                (e.model, e.alias, e.to_version, e.reason) for e in s.scalars(select(AliasEvent))
+                (e.registered_model, e.alias, e.from_version, e.to_version, e.reason) for e in s.scalars(select(AliasEvent))
             )
         client = rt.registry.client
         for model in client.search_registered_models():
