@@ -79,9 +79,12 @@ def test_a_worker_killed_mid_batch_is_finished_by_the_next_refresh(
         folder, tiny_model_dir, catalog, pool, 2, execution=EXECUTION | {"batch_size": 4}, generator=slow
     )
     refresh = start(config, "--json", str(tmp_path / "first.json"), env=_env(env))
-    run_id, pid = _wait_for_a_recorded_adapter(env["_pool"].server, catalog)
-    env["_pool"].kill_running(pid)
-    out, _ = refresh.communicate(timeout=300)
+    try:
+        run_id, pid = _wait_for_a_recorded_adapter(env["_pool"].server, catalog)
+        env["_pool"].kill_running(pid)
+        out, _ = refresh.communicate(timeout=300)
+    finally:
+        refresh.kill()
     assert refresh.returncode == 1, out
     first = summary(tmp_path / "first.json")
     assert any("CRASHED" in f["reason"] for f in first["failed"]), first["failed"]
@@ -103,8 +106,12 @@ def test_two_pool_refreshes_at_once_do_the_work_once(pool, postgres_databases, t
     config, env = _setup(tmp_path, tiny_model_dir, catalog, pool, 2, execution=EXECUTION)
     env = _env(env) | {"INSTILL_LOCK_WAIT_S": "600"}
     procs = [start(config, "--json", str(tmp_path / f"s{i}.json"), env=env) for i in range(2)]
-    held = _watch_limit(refresh_limit_name("testkb"), procs, env["PREFECT_API_URL"])
-    outs = [p.communicate(timeout=600)[0] for p in procs]
+    try:
+        held = _watch_limit(refresh_limit_name("testkb"), procs, env["PREFECT_API_URL"])
+        outs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for proc in procs:
+            proc.kill()
     assert [p.returncode for p in procs] == [0, 0], outs
     changed = sorted(sum(summary(tmp_path / f"s{i}.json")["changed"].values()) for i in range(2))
     assert changed == [0, 3], outs
@@ -178,7 +185,7 @@ def _wait_for_a_recorded_adapter(server, catalog: str, timeout: float = 240):
             if made:
                 running = [r for r in _flow_runs(server, "generate-adapters") if str(r.id) in made]
                 if running and running[0].infrastructure_pid:
-                    return running[0].id, int(running[0].infrastructure_pid.rsplit(":", 1)[1])
+                    return running[0].id, int(running[0].infrastructure_pid.rsplit(":", 1)[-1])
             time.sleep(0.2)
     finally:
         engine.dispose()
@@ -212,8 +219,9 @@ def _snapshot(config: Path, home: Path, catalog: str | None) -> dict:
                      a.model_version, a.covered_fraction) for a in v.adapters])
                     for v in doc.versions
                 ]  # fmt: skip
+            events = s.scalars(select(AliasEvent))
             out["events"] = sorted(
-                (e.registered_model, e.alias, e.from_version, e.to_version, e.reason) for e in s.scalars(select(AliasEvent))
+                (e.registered_model, e.alias, e.from_version, e.to_version, e.reason) for e in events
             )
         client = rt.registry.client
         for model in client.search_registered_models():
