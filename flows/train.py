@@ -18,6 +18,7 @@ from typing import Any
 from mlflow import MlflowClient
 from prefect import flow
 
+from tasks.registry import is_tracking_server
 from tasks.settings import DEFAULT_BASE_MODEL, Settings
 
 EXPERIMENT = "instill-hypernet"
@@ -83,6 +84,8 @@ def _experiment_id(client: MlflowClient, settings: Settings, name: str) -> str:
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
+    if is_tracking_server(settings.tracking_uri):  # the server's --artifacts-destination (S3)
+        return client.create_experiment(name)
     settings.artifact_root.mkdir(parents=True, exist_ok=True)
     return client.create_experiment(name, (settings.artifact_root / name).as_uri())
 

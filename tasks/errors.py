@@ -27,6 +27,10 @@ class OrchestratorUnavailable(EnvironmentProblem):
     """Distributed execution without a usable Prefect server or without the worker deployment."""
 
 
+class StoreUnavailable(EnvironmentProblem):
+    """The artifact store (an S3 bucket) cannot be reached or refuses the credentials."""
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of an exception's message, shortened, credentials removed."""
     from tasks.sources.base import redact

@@ -151,6 +151,11 @@ def _holds_anything(path: Path) -> bool:
         return True  # not even SQLite: leave it to a person
 
 
+def is_tracking_server(tracking_uri: str) -> bool:
+    """An MLflow tracking server (``http(s)://``), which stores artifacts where it is configured to."""
+    return tracking_uri.startswith(("http://", "https://"))
+
+
 ADAPTER_ARTIFACT_PATH = "adapter"
 SHA_TAG = "adapter_sha256"
 
@@ -181,6 +186,7 @@ class Registry:
         prepare_sqlite_store(tracking_uri)
         client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
         self.client = _GuardedClient(client, redact(tracking_uri))
+        self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
         self.experiment = experiment
         self._experiment_id: str | None = None
@@ -189,12 +195,18 @@ class Registry:
         if self._experiment_id is None:
             found = self.client.get_experiment_by_name(self.experiment)
             if found is None:
-                self.artifact_root.mkdir(parents=True, exist_ok=True)
-                location = (self.artifact_root / self.experiment).as_uri()
-                self._experiment_id = self.client.create_experiment(self.experiment, location)
+                self._experiment_id = self.client.create_experiment(self.experiment, self._location())
             else:
                 self._experiment_id = found.experiment_id
         return self._experiment_id
+
+    def _location(self) -> str | None:
+        """Where a new experiment keeps its artifacts: a tracking server chooses (``mlflow-artifacts:``,
+        proxied to its ``--artifacts-destination``, e.g. S3), an embedded database uses the local folder."""
+        if is_tracking_server(self.tracking_uri):
+            return None
+        self.artifact_root.mkdir(parents=True, exist_ok=True)
+        return (self.artifact_root / self.experiment).as_uri()
 
     def find_version(self, model: str, adapter_sha256: str) -> RegisteredVersion | None:
         """The registered version of ``model`` that holds this exact adapter, if any."""

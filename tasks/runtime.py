@@ -22,12 +22,14 @@ from tasks.catalog import db
 from tasks.settings import (
     GeneratorConfig,
     KnowledgeBase,
+    S3StoreConfig,
     Settings,
     SourceConfig,
+    StoreConfig,
     apply_runtime_env,
     load_knowledge_base,
 )
-from tasks.store import LocalStore
+from tasks.store import ArtifactStore, LocalStore
 
 if TYPE_CHECKING:  # mlflow and torch cost seconds to import: both load on first use
     from hypernet.generators import Generator
@@ -61,7 +63,7 @@ class Runtime:
     settings: Settings
     kb: KnowledgeBase
     sessions: sessionmaker[Session]
-    store: LocalStore
+    store: ArtifactStore
     _registry: Registry | None = None
     _generator: Generator | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -136,9 +138,29 @@ def runtime(config: str | Path) -> Runtime:
         kb = load_knowledge_base(path)
         prepare_catalog(settings.catalog)
         _RUNTIMES[path] = Runtime(
-            settings, kb, db.session_factory(settings.catalog), LocalStore(settings.store_root)
+            settings, kb, db.session_factory(settings.catalog), open_store(settings, kb.store)
         )
     return _RUNTIMES[path]
+
+
+def open_store(settings: Settings, cfg: StoreConfig) -> ArtifactStore:
+    """The configured artifact store: the local folder under the home, or an S3 bucket."""
+    if not isinstance(cfg, S3StoreConfig):
+        return LocalStore(settings.store_root)
+    import os
+
+    from tasks.errors import StoreUnavailable
+    from tasks.store_s3 import S3Store, make_client
+
+    pair = None
+    if cfg.access_key_id_env and cfg.secret_access_key_env:
+        missing = [n for n in (cfg.access_key_id_env, cfg.secret_access_key_env) if not os.environ.get(n)]
+        if missing:
+            raise StoreUnavailable(f"artifact store {cfg.uri}: environment variable {missing[0]} is not set")
+        pair = (os.environ[cfg.access_key_id_env], os.environ[cfg.secret_access_key_env])
+    client = make_client(cfg.endpoint_url, cfg.region, pair, cfg.retries)
+    cache = cfg.cache_dir or settings.home.resolve() / "store-cache" / cfg.bucket / (cfg.prefix or "_")
+    return S3Store(client, cfg.bucket, cfg.prefix, cache, where=cfg.uri)
 
 
 class CatalogNotReady(RuntimeError):

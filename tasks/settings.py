@@ -219,6 +219,45 @@ class ExecutionConfig(_Strict):
         return self.pool is not None
 
 
+class LocalStoreConfig(_Strict):
+    """Adapters and document texts in a folder under INSTILL_HOME (``store/``): the embedded default."""
+
+    kind: Literal["local"] = "local"
+
+
+class S3StoreConfig(_Strict):
+    """Adapters and document texts under ``prefix`` of ``bucket`` on any S3 endpoint (``tasks.store_s3``), so
+    that workers on other machines share them. Secrets are never in the file: the two ``*_env`` keys name
+    the environment variables holding the key pair; without them boto3's usual credential chain applies."""
+
+    kind: Literal["s3"]
+    bucket: str = Field(min_length=3, max_length=63)
+    # Key prefix without a leading or trailing "/" ("" for the bucket's top level).
+    prefix: str = Field(default="", pattern=r"^$|^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+    endpoint_url: str | None = None  # an S3-compatible server; None for AWS
+    region: str | None = None
+    access_key_id_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN)
+    secret_access_key_env: str | None = Field(default=None, pattern=ENV_NAME_PATTERN)
+    retries: int = Field(default=4, ge=0)
+    # Downloaded folders (adapters) are kept here; default: INSTILL_HOME/store-cache/<bucket>/<prefix>.
+    cache_dir: Path | None = None
+
+    @property
+    def uri(self) -> str:
+        """Where the store lives (never with credentials)."""
+        where = f"s3://{self.bucket}/{self.prefix}".rstrip("/")
+        return f"{where} at {redact(self.endpoint_url)}" if self.endpoint_url else where
+
+    @model_validator(mode="after")
+    def _key_pair(self) -> S3StoreConfig:
+        if (self.access_key_id_env is None) != (self.secret_access_key_env is None):
+            raise ValueError("access_key_id_env and secret_access_key_env go together")
+        return self
+
+
+StoreConfig = Annotated[LocalStoreConfig | S3StoreConfig, Field(discriminator="kind")]
+
+
 class KnowledgeBase(_Strict):
     name: str = Field(pattern=NAME_PATTERN)
     sources: list[SourceConfig] = Field(min_length=1)
@@ -227,6 +266,7 @@ class KnowledgeBase(_Strict):
     gates: GatesConfig = Field(default_factory=GatesConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
+    store: StoreConfig = Field(default_factory=LocalStoreConfig)
 
     @field_validator("sources")
     @classmethod
@@ -334,6 +374,8 @@ def _resolve_paths(kb: KnowledgeBase, base: Path) -> KnowledgeBase:
             local = Path(source.url)
             if not local.is_absolute() and (base / local).exists():
                 source.url = str((base / local).resolve())
+    if isinstance(kb.store, S3StoreConfig) and kb.store.cache_dir and not kb.store.cache_dir.is_absolute():
+        kb.store.cache_dir = (base / kb.store.cache_dir).resolve()
     return kb
 
 

@@ -1,4 +1,4 @@
-"""The artifact store: content-addressed blobs and folders (a local directory now, S3 later).
+"""The artifact store: content-addressed blobs and folders in a local directory (S3: ``tasks.store_s3``).
 
 URIs name an object inside *a* store, not a place on disk: ``store://<kind>/<ab>/<cdef...>`` for a blob
 (its sha256 split after two characters) and ``store://<kind>/<digest>`` for a folder. The catalog keeps
@@ -42,7 +42,12 @@ class StoredObject:
 
 
 class ArtifactStore(Protocol):
-    """What the pipeline needs from a store; LocalStore now, an S3 store later."""
+    """What the pipeline needs from a store: ``LocalStore`` or ``tasks.store_s3.S3Store``.
+
+    ``root`` is a local folder (the store itself, or an S3 store's download cache; callers stage files
+    there); ``locate`` names where an object really lives (a path, or an ``s3://`` URI)."""
+
+    root: Path
 
     def put_bytes(self, data: bytes, kind: str) -> StoredObject: ...
 
@@ -53,6 +58,8 @@ class ArtifactStore(Protocol):
     def get_dir(self, uri: str) -> Path: ...
 
     def exists(self, uri: str) -> bool: ...
+
+    def locate(self, uri: str) -> str: ...
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -141,6 +148,10 @@ class LocalStore:
     def exists(self, uri: str) -> bool:
         path = self._path(uri)
         return path.is_dir() if _is_dir_uri(uri) else path.is_file()
+
+    def locate(self, uri: str) -> str:
+        """The local path of a stored object."""
+        return str(self._path(uri))
 
     def _path(self, uri: str) -> Path:
         return self.root.joinpath(*_split(uri))

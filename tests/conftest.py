@@ -25,4 +25,5 @@ pytest_plugins = [
     "tests.fixtures.kb",
     "tests.fixtures.s3",
     "tests.fixtures.mediawiki",
+    "tests.fixtures.stack",
 ]

@@ -51,3 +51,36 @@ def test_state_lives_under_the_home(tmp_path, monkeypatch):
     settings = Settings()
     assert settings.catalog == f"sqlite:///{tmp_path / 'h' / 'catalog.db'}"
     assert settings.store_root == tmp_path / "h" / "store"
+
+
+def test_store_is_local_by_default_and_s3_when_configured(tmp_path):
+    config = tmp_path / "kb" / "instill.yaml"
+    config.parent.mkdir()
+    base = {"name": "kb", "sources": [{"kind": "local", "name": "docs", "path": "docs"}]}
+    config.write_text(yaml.safe_dump(base))
+    assert load_knowledge_base(config).store.kind == "local"
+    store = {"kind": "s3", "bucket": "team-bkt", "prefix": "instill/store", "cache_dir": "cache",
+             "endpoint_url": "http://u:pw@s3.internal:9000", "region": "eu-west-1",
+             "access_key_id_env": "KEY_ID", "secret_access_key_env": "KEY_SECRET"}  # fmt: skip
+    config.write_text(yaml.safe_dump(base | {"store": store}))
+    s3 = load_knowledge_base(config).store
+    assert (s3.bucket, s3.prefix, s3.region) == ("team-bkt", "instill/store", "eu-west-1")
+    assert s3.cache_dir == (tmp_path / "kb" / "cache").resolve()
+    assert s3.uri == "s3://team-bkt/instill/store at http://s3.internal:9000"
+
+
+@pytest.mark.parametrize(
+    ("store", "message"),
+    [
+        ({"kind": "s3", "bucket": "bkt", "access_key_id_env": "K"}, "go together"),
+        ({"kind": "s3", "bucket": "bkt", "prefix": "/abs/"}, "store.prefix"),
+        ({"kind": "s3", "bucket": "bkt", "secret_access_key": "inline"}, "store.secret_access_key"),
+        ({"kind": "gcs", "bucket": "bkt"}, "store"),
+    ],
+)
+def test_bad_store_config_names_the_key(tmp_path, store, message):
+    config = tmp_path / "instill.yaml"
+    base = {"name": "kb", "sources": [{"kind": "local", "name": "docs", "path": "docs"}]}
+    config.write_text(yaml.safe_dump(base | {"store": store}))
+    with pytest.raises(ConfigError, match=message):
+        load_knowledge_base(config)

@@ -183,5 +183,6 @@ def test_sha256_helpers_agree_on_a_file_larger_than_one_chunk(tmp_path):
 
 def test_local_store_provides_the_artifact_store_interface(store):
     interface = {name for name in vars(ArtifactStore) if not name.startswith("_")}
-    assert interface == {"put_bytes", "get_bytes", "put_dir", "get_dir", "exists"}
+    assert interface == {"put_bytes", "get_bytes", "put_dir", "get_dir", "exists", "locate"}
     assert all(callable(getattr(store, name)) for name in interface)
+    assert store.root.is_dir()

@@ -1,0 +1,73 @@
+"""infra/stack.py: the stack comes up healthy, `up` again changes nothing, secrets stay in stack.env."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+import sys
+import urllib.request
+
+from tests.fixtures.stack import SCRIPT, ProcessStack
+
+
+def _get(url: str, body: dict | None = None):
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _pids(stack: ProcessStack) -> dict[str, str]:
+    return {p.stem: p.read_text() for p in stack.state_dir.glob("*.pid")}
+
+
+def test_stack_is_up_and_up_again_keeps_every_process(process_stack: ProcessStack) -> None:
+    before = _pids(process_stack)
+    assert set(before) == {"s3", "prefect-server", "mlflow", "worker-gpu-1", "worker-gpu-2", "worker-cpu-1"}
+    process_stack.run("up")
+    assert _pids(process_stack) == before
+    assert process_stack.run("status").returncode == 0
+    assert _get(f"{process_stack.prefect_api}/health") is True
+    with urllib.request.urlopen(f"{process_stack.mlflow_url}/health", timeout=10) as resp:
+        assert resp.status == 200
+
+
+def test_workers_poll_their_pools_with_the_infra_template(process_stack: ProcessStack) -> None:
+    for pool, names in {"gpu": {"worker-gpu-1", "worker-gpu-2"}, "cpu": {"worker-cpu-1"}}.items():
+        workers = _get(f"{process_stack.prefect_api}/work_pools/{pool}/workers/filter", {})
+        assert {w["name"] for w in workers if w["status"] == "ONLINE"} == names
+        detail = _get(f"{process_stack.prefect_api}/work_pools/{pool}")
+        assert detail["type"] == "process"
+        variables = detail["base_job_template"]["variables"]["properties"]
+        assert variables["env"]["default"]["HF_HUB_OFFLINE"] == "1"
+
+
+def test_prefect_and_mlflow_run_on_postgresql(process_stack: ProcessStack) -> None:
+    options = json.loads((process_stack.state_dir / "stack.json").read_text())
+    prefix = options["db_prefix"]
+    import psycopg
+
+    tables = {}
+    for name in ("prefect", "mlflow", "instill_catalog"):
+        with psycopg.connect(f"postgresql://postgres@127.0.0.1:5432/{prefix}{name}", connect_timeout=5) as db:
+            tables[name] = {r[0] for r in db.execute("SELECT tablename FROM pg_tables")}
+    assert "flow_run" in tables["prefect"]
+    assert "registered_models" in tables["mlflow"]
+    assert "documents" in tables["instill_catalog"]
+
+
+def test_secrets_only_in_the_env_file(process_stack: ProcessStack) -> None:
+    env_file = process_stack.state_dir / "stack.env"
+    assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
+    secret = process_stack.env["INSTILL_S3_SECRET_ACCESS_KEY"]
+    others = [p for p in process_stack.state_dir.iterdir() if p.is_file() and p != env_file]
+    assert others and all(secret not in p.read_text(errors="replace") for p in others)
+    assert process_stack.store["secret_access_key_env"] == "INSTILL_S3_SECRET_ACCESS_KEY"
+
+
+def test_status_of_a_stack_that_is_not_up(tmp_path) -> None:
+    done = subprocess.run([sys.executable, str(SCRIPT), "status", "--state-dir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 1
+    assert "prefect-server   down" in done.stdout
