@@ -13,12 +13,13 @@ import contextlib
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from tests.fixtures.kb import DOCS
-from tests.flows.reliability import check_invariants, env_for, make_kb, run, start, summary
+from tests.flows.reliability import REPO, check_invariants, env_for, make_kb, run, start, summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 pytest_plugins = ["tests.fixtures.workers"]
@@ -26,17 +27,25 @@ pytest_plugins = ["tests.fixtures.workers"]
 EXECUTION = {"pool": "gpu", "batch_size": 2, "poll_s": 0.5}
 
 
-def _setup(folder: Path, tiny_model_dir: Path, catalog: str, pool, workers: int, **kb) -> tuple[Path, dict]:
-    """A knowledge base on the PostgreSQL catalog ``catalog``, its workers started; (config, env)."""
+KEYS = ("INSTILL_S3_ACCESS_KEY_ID", "INSTILL_S3_SECRET_ACCESS_KEY")
+
+
+def _setup(folder: Path, model: Path, catalog: str, pool, workers: int, s3, **kb) -> tuple[Path, dict]:
+    """A knowledge base on the PostgreSQL catalog ``catalog`` and an S3 store (a bucket of its own on the
+    session's S3 server), its workers started (with their own homes); (config, env)."""
     from tasks.catalog.db import upgrade
 
-    config = make_kb(folder, tiny_model_dir, **kb)
+    bucket = f"pool-{uuid.uuid4().hex[:12]}"
+    s3.client().create_bucket(Bucket=bucket)
+    store = {"kind": "s3", "bucket": bucket, "prefix": "store", "endpoint_url": s3.endpoint_url}
+    store |= {"access_key_id_env": KEYS[0], "secret_access_key_env": KEYS[1]}
+    config = make_kb(folder, model, store=store, **kb)
     upgrade(catalog)
-    home = str(folder / ".instill")
-    pool_ = pool(INSTILL_HOME=home, INSTILL_CATALOG_URL=catalog)
+    keys = dict(zip(KEYS, (s3.access_key_id, s3.secret_access_key), strict=True))
+    pool_ = pool(INSTILL_HOME=str(folder / "worker-home"), INSTILL_CATALOG_URL=catalog, **keys)
     pool_.start(workers)
-    env = env_for(folder, INSTILL_CATALOG_URL=catalog, **_prefect(pool_.server))
-    return config, env | {"_pool": pool_}
+    env = env_for(folder, INSTILL_CATALOG_URL=catalog, **_prefect(pool_.server), **keys)
+    return config, env | {"_pool": pool_, "_s3": s3, "_bucket": bucket}
 
 
 def _prefect(server) -> dict[str, str]:
@@ -47,9 +56,16 @@ def _env(env: dict) -> dict[str, str]:
     return {k: v for k, v in env.items() if not k.startswith("_")}
 
 
-def test_a_pool_refresh_ends_as_the_embedded_refresh(pool, postgres_databases, tmp_path, tiny_model_dir):
+def _keys(env: dict) -> dict[str, str]:
+    """The S3 store's key variables (what this process needs to open the knowledge base's store)."""
+    return {k: env[k] for k in KEYS}
+
+
+def test_a_pool_refresh_ends_as_the_embedded_refresh(
+    pool, postgres_databases, s3_server, tmp_path, tiny_model_dir
+):
     catalog = postgres_databases()
-    config, env = _setup(tmp_path / "pool", tiny_model_dir, catalog, pool, 2, execution=EXECUTION)
+    config, env = _setup(tmp_path / "pool", tiny_model_dir, catalog, pool, 2, s3_server, execution=EXECUTION)
     code, out = run(config, "--json", str(tmp_path / "pool.json"), env=_env(env))
     assert code == 0, out
     result = summary(tmp_path / "pool.json")
@@ -59,24 +75,25 @@ def test_a_pool_refresh_ends_as_the_embedded_refresh(pool, postgres_databases, t
     code, out = run(plain, env=env_for(tmp_path / "embedded", **_prefect(env["_pool"].server)))
     assert code == 0, out
 
-    check_invariants(config, tmp_path / "pool" / ".instill", catalog)
-    distributed = _snapshot(config, tmp_path / "pool" / ".instill", catalog)
-    embedded = _snapshot(plain, tmp_path / "embedded" / ".instill", None)
+    check_invariants(config, tmp_path / "pool" / ".instill", catalog, _keys(env))
+    distributed = _snapshot(config, tmp_path / "pool" / ".instill", catalog, _keys(env))
+    embedded = _snapshot(plain, tmp_path / "embedded" / ".instill", None, {})
     assert distributed == embedded
     assert _runs_of(env["_pool"].server, "generate-adapters", "COMPLETED") >= 2, "two batches of two"
-    _load_with_peft(config, tmp_path / "pool" / ".instill", catalog)
+    _load_with_peft(config, tmp_path / "pool" / ".instill", catalog, env, tmp_path / "fetched")
 
 
 def test_a_worker_killed_mid_batch_is_finished_by_the_next_refresh(
-    pool, postgres_databases, tmp_path, tiny_model_dir
+    pool, postgres_databases, s3_server, tmp_path, tiny_model_dir
 ):
     catalog = postgres_databases()
     folder = tmp_path / "kb"
     (folder / "docs").mkdir(parents=True)
     (folder / "docs" / "delta.txt").write_text("Delta ferries leave the north pier at dawn and at dusk.\n")
     slow = {"name": "cd", "base_model": str(tiny_model_dir), "options": {"steps": 300}}
+    execution = EXECUTION | {"batch_size": 4}
     config, env = _setup(
-        folder, tiny_model_dir, catalog, pool, 2, execution=EXECUTION | {"batch_size": 4}, generator=slow
+        folder, tiny_model_dir, catalog, pool, 2, s3_server, execution=execution, generator=slow
     )
     refresh = start(config, "--json", str(tmp_path / "first.json"), env=_env(env))
     try:
@@ -94,16 +111,18 @@ def test_a_worker_killed_mid_batch_is_finished_by_the_next_refresh(
     assert code == 0, out
     second = summary(tmp_path / "second.json")
     assert second["generated"] + first["generated"] == 4, (first, second)
-    check_invariants(config, folder / ".instill", catalog)
+    check_invariants(config, folder / ".instill", catalog, _keys(env))
 
 
-def test_two_pool_refreshes_at_once_do_the_work_once(pool, postgres_databases, tmp_path, tiny_model_dir):
+def test_two_pool_refreshes_at_once_do_the_work_once(
+    pool, postgres_databases, s3_server, tmp_path, tiny_model_dir
+):
     from prefect.client.orchestration import get_client
 
     from tasks.lock import refresh_limit_name
 
     catalog = postgres_databases()
-    config, env = _setup(tmp_path, tiny_model_dir, catalog, pool, 2, execution=EXECUTION)
+    config, env = _setup(tmp_path, tiny_model_dir, catalog, pool, 2, s3_server, execution=EXECUTION)
     env = _env(env) | {"INSTILL_LOCK_WAIT_S": "600"}
     procs = [start(config, "--json", str(tmp_path / f"s{i}.json"), env=env) for i in range(2)]
     try:
@@ -118,7 +137,7 @@ def test_two_pool_refreshes_at_once_do_the_work_once(pool, postgres_databases, t
     assert held == 1, "the refresh held the knowledge base's Prefect concurrency slot"
     with _client(env["PREFECT_API_URL"]), get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(refresh_limit_name("testkb")).active_slots == 0
-    check_invariants(config, tmp_path / ".instill", catalog)
+    check_invariants(config, tmp_path / ".instill", catalog, _keys(env))
 
 
 # ------------------------------------------------------------------------------------------- helpers
@@ -192,7 +211,7 @@ def _wait_for_a_recorded_adapter(server, catalog: str, timeout: float = 240):
     raise AssertionError("no worker recorded an adapter in time")
 
 
-def _snapshot(config: Path, home: Path, catalog: str | None) -> dict:
+def _snapshot(config: Path, home: Path, catalog: str | None, keys: dict[str, str]) -> dict:
     """Catalog and registry, without what differs between any two runs (ids of runs, times, the
     adapter folder's sha256, which holds its creation time)."""
     from sqlalchemy import select
@@ -203,8 +222,9 @@ def _snapshot(config: Path, home: Path, catalog: str | None) -> dict:
     from tasks.release import latest_release
     from tasks.runtime import forget_runtimes, runtime
 
-    saved = {k: os.environ.get(k) for k in ("INSTILL_HOME", "INSTILL_CATALOG_URL")}
+    saved = {k: os.environ.get(k) for k in ("INSTILL_HOME", "INSTILL_CATALOG_URL", *keys)}
     os.environ["INSTILL_HOME"] = str(home)
+    os.environ.update(keys)
     os.environ.pop("INSTILL_CATALOG_URL", None)
     if catalog:
         os.environ["INSTILL_CATALOG_URL"] = catalog
@@ -243,18 +263,21 @@ def _snapshot(config: Path, home: Path, catalog: str | None) -> dict:
             os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
 
-LOAD = """
-import sys, torch
+LOAD_BY_URI = """
+import sys
 from peft import PeftModel
 from transformers import AutoModelForCausalLM
-base = AutoModelForCausalLM.from_pretrained(sys.argv[1])
-model = PeftModel.from_pretrained(base, sys.argv[2])
-print("loaded", sum(p.numel() for n, p in model.named_parameters() if "lora_" in n))
+from tasks.store_s3 import fetch_folder
+
+folder = fetch_folder(sys.argv[1], sys.argv[2])
+model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(sys.argv[3]), folder)
+print("loaded", sum(1 for name, _ in model.named_parameters() if "lora_A" in name))
 """
 
 
-def _load_with_peft(config: Path, home: Path, catalog: str) -> None:
-    """Every production adapter loads with PEFT in a fresh process that knows only its store folder."""
+def _load_with_peft(config: Path, home: Path, catalog: str, env: dict, target: Path) -> None:
+    """Every production adapter is in S3 and loads with PEFT in a fresh process that knows only its
+    ``s3://`` URI (and boto3's usual variables)."""
     import sys
 
     from sqlalchemy import select
@@ -264,23 +287,28 @@ def _load_with_peft(config: Path, home: Path, catalog: str) -> None:
     from tasks.catalog.types import AdapterState
     from tasks.runtime import forget_runtimes, runtime
 
-    os.environ["INSTILL_HOME"], os.environ["INSTILL_CATALOG_URL"] = str(home), catalog
+    keys = _keys(env)
+    saved = {k: os.environ.get(k) for k in ("INSTILL_HOME", "INSTILL_CATALOG_URL", *keys)}
+    os.environ.update(keys | {"INSTILL_HOME": str(home), "INSTILL_CATALOG_URL": catalog})
     forget_runtimes()
     try:
         rt = runtime(config)
         with session_scope(rt.sessions) as s:
-            uris = [
-                a.store_uri
-                for a in s.scalars(select(Adapter).where(Adapter.state == AdapterState.PRODUCTION))
-            ]
-        folders = [rt.store.get_dir(uri) for uri in uris]
+            live = s.scalars(select(Adapter).where(Adapter.state == AdapterState.PRODUCTION))
+            located = [rt.store.locate(a.store_uri) for a in live]
         model_dir = rt.kb.generator.base_model
     finally:
-        del os.environ["INSTILL_HOME"], os.environ["INSTILL_CATALOG_URL"]
         forget_runtimes()
-    assert len(folders) == len(DOCS)
-    for folder in folders:
-        proc = subprocess.run(
-            [sys.executable, "-c", LOAD, model_dir, str(folder)], capture_output=True, text=True
-        )
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    assert len(located) == len(DOCS) and all(
+        uri.startswith(f"s3://{env['_bucket']}/store/") for uri in located
+    )
+    s3 = env["_s3"]
+    fresh = {k: v for k, v in os.environ.items() if not k.startswith(("INSTILL_", "MLFLOW_", "PREFECT_API"))}
+    fresh |= {"AWS_ENDPOINT_URL_S3": s3.endpoint_url, "AWS_ACCESS_KEY_ID": s3.access_key_id,
+              "AWS_SECRET_ACCESS_KEY": s3.secret_access_key, "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    for i, uri in enumerate(located):
+        argv = [sys.executable, "-c", LOAD_BY_URI, uri, str(target / str(i)), model_dir]
+        proc = subprocess.run(argv, cwd=REPO, env=fresh, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0 and "loaded" in proc.stdout, proc.stderr[-2000:]
