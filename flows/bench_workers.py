@@ -19,11 +19,11 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Annotated
@@ -84,6 +84,7 @@ def _server(folder: Path):
     """A private Prefect server with the worker deployment on pool ``bench-gpu``; yields its API URL."""
     import httpx
 
+    folder.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
     env = _env(folder, url, folder / "prefect", folder) | {"PREFECT_UI_ENABLED": "false"}
@@ -276,12 +277,11 @@ def bench_workers(
     fixed = documents(docs)
     batch = batch_size or max(1, docs // 2)
     load = os.getloadavg()
-    with (
-        tempfile.TemporaryDirectory(prefix="instill-bench-workers-") as tmp,
-        _server(Path(tmp) / "server") as url,
-    ):
+    work = settings.home.resolve() / "bench-workers"  # logs and homes of the last run, kept
+    shutil.rmtree(work, ignore_errors=True)
+    with _server(work / "server") as url:
         rows = [
-            _mode(name, Path(tmp) / name, base, fixed, url, settings.models_dir, workers, batch)
+            _mode(name, work / name.replace(" ", "-"), base, fixed, url, settings.models_dir, workers, batch)
             for name, workers in (("embedded", 0), ("one worker", 1), ("two workers", 2))
         ]
     speedup = rows[2]["docs_per_hour"] / rows[1]["docs_per_hour"]
