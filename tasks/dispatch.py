@@ -167,10 +167,12 @@ def _outcomes(config: str, generator_id: int, finished: list) -> Dispatched:
             report = run_report(run)
             failures = report.get("failed", {})
             out.runs.append(run_timing(run) | {"state": state, "versions": batch.versions} | report)
-            for version_id in batch.versions:
-                adapter = queries.own_adapter(session, version_id, generator_id)
-                out.generated.append(_generated(session, version_id, adapter, run, state, failures))
-            made = [g.adapter_id for g in out.generated[-len(batch.versions) :] if g.adapter_id]
+            mine = [
+                _generated(session, v, queries.own_adapter(session, v, generator_id), run, state, failures)
+                for v in batch.versions
+            ]
+            out.generated += mine
+            made = [g.adapter_id for g in mine if g.adapter_id]
             for adapter_id in sorted(set(batch.ungated) | set(made)) if rt.kb.gates.enabled else []:
                 adapter = session.get(Adapter, adapter_id)
                 if adapter.state is AdapterState.CANDIDATE and not adapter.qa_results:
@@ -183,8 +185,9 @@ def _outcomes(config: str, generator_id: int, finished: list) -> Dispatched:
 def _generated(session, version_id: int, adapter, run, state: str, failures: dict) -> GenerateOutcome:
     document = session.get(DocumentVersion, version_id).document.label
     if adapter is None:
+        ended = f"ended {state}" if run.state and run.state.is_final() else f"still {state} at the timeout"
         reason = failures.get(str(version_id)) or (
-            f"not generated: worker flow run {run.name} ended {state}; the next refresh generates it"
+            f"not generated: worker flow run {run.name} {ended}; the next refresh generates it"
         )
         return GenerateOutcome(version_id, None, document, error=reason)
     reused = adapter.flow_run_id != str(run.id) or _older_with_same_files(session, adapter)
