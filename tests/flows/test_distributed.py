@@ -22,7 +22,6 @@ from tests.fixtures.kb import DOCS
 from tests.flows.reliability import REPO, check_invariants, env_for, make_kb, run, start, summary
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
-pytest_plugins = ["tests.fixtures.workers"]
 
 EXECUTION = {"pool": "gpu", "batch_size": 2, "poll_s": 0.5}
 
