@@ -4,9 +4,10 @@ Run once after `prefect deploy` (the stack script does): it sizes the ``gpu`` gl
 the pool's devices (each `generate-adapters` flow run holds one slot while it uses a device, so workers
 never oversubscribe one) and creates the automation that marks a `generate-adapters` flow run
 ``Crashed`` when its heartbeats stop (its worker died with it, e.g. ``kill -9`` or a lost node), so the
-waiting refresh reports the batch and the next refresh generates it. Workers must emit heartbeats at
-least every ``--heartbeat-s`` seconds (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, in the pool's job
-template). Idempotent: run it again to resize.
+waiting refresh reports the batch and the next refresh generates it. ``--heartbeat-s`` must be the
+workers' ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (Prefect's default, 180 s, unless the pool's job template
+or the workers' environment sets it lower, at least 30 s): a run is crashed after two missed heartbeats,
+so a value below the workers' would crash live runs. Idempotent: run it again to resize.
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ def setup_pool(gpu_slots: int, heartbeat_s: int) -> None:
 def pool_setup(
     gpu_slots: Annotated[int, typer.Option(min=1, help="Devices on the pool: slots of the `gpu` limit.")],
     heartbeat_s: Annotated[
-        int, typer.Option(min=30, help="The workers' PREFECT_FLOWS_HEARTBEAT_FREQUENCY, in seconds.")
-    ] = 30,
+        int, typer.Option(min=30, help="The workers' PREFECT_FLOWS_HEARTBEAT_FREQUENCY (Prefect: 180 s).")
+    ] = 180,
 ) -> None:
     """Size the `gpu` concurrency limit and mark runs whose worker died as crashed (PREFECT_API_URL)."""
     from tasks.dispatch import require_server
