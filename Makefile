@@ -7,13 +7,19 @@ CONFIG ?= examples/instill.yaml
 export HF_HUB_OFFLINE := 1
 export DO_NOT_TRACK := 1
 
-.PHONY: run test lint venv clean-state corpus
+.PHONY: run test lint venv clean-state corpus stack-up stack-down
 
 run: $(STAMP)
 	$(VENV)/bin/instill refresh --config $(CONFIG)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# The production topology as local processes (README: "Running on a team's Prefect + MLflow + S3 + GPU nodes").
+stack-up: $(STAMP)
+	$(PY) infra/stack.py up
+stack-down:
+	$(PY) infra/stack.py down
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

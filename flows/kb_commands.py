@@ -49,6 +49,7 @@ def refresh(
     stop_on_sigterm()
     with user_errors(CatalogNotReady):
         prepare_catalog(settings.catalog)
+    check_store(settings, kb)
     cfg = str(settings.config.resolve())
     console.print(f"refreshing [bold]{kb.name}[/] ({len(kb.sources)} source(s)) from {settings.config}")
     try:
@@ -278,6 +279,15 @@ def audit_doc(
     with user_errors():
         record = audit.audit_document(str(settings.config), ref)
     print_record(record, as_json)
+
+
+def check_store(settings, kb) -> None:
+    """An S3 store that cannot be reached stops the refresh before it starts, in one line (exit 4)."""
+    from tasks.runtime import open_store
+    from tasks.settings import S3StoreConfig
+
+    if isinstance(kb.store, S3StoreConfig):
+        open_store(settings, kb.store).check()
 
 
 def db_upgrade(config: ConfigOption = None) -> None:

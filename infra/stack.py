@@ -15,7 +15,8 @@ Pid files and logs go to ``--state-dir`` (default ``.instill/stack``), with ``st
 options, no secrets), ``stack.env`` (mode 0600: the variables that point instill at the stack, S3 keys
 included) and ``instill-store.yaml`` (the ``store:`` section for instill.yaml: names of the key variables,
 never the keys). ``down`` stops everything (``--drop-databases`` also drops the three databases);
-``status`` prints one line per service and exits 1 unless all are up; ``setup`` only migrates the catalog,
+``status`` prints one line per service and exits 1 unless all are up; ``kill NAME`` SIGKILLs a service and
+the processes it started (a node failure; ``up`` restarts it); ``setup`` only migrates the catalog,
 creates the bucket and the pools for services started elsewhere (infra/compose.yaml, the same topology as
 containers, runs it), reading where they are from the environment (the variables of ``stack.env``).
 """
@@ -49,6 +50,7 @@ QUIET = {
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
     "OMP_NUM_THREADS": "1",
+    "PYTHONUNBUFFERED": "1",  # logs complete up to the moment a service dies
 }
 
 
@@ -121,7 +123,14 @@ def service_specs(opts: Options, env: dict[str, str]) -> list[tuple[str, list[st
     for name, pool in opts.workers():
         argv = [str(BIN / "prefect"), "worker", "start", "--pool", pool, "--type", "process",
                 "--name", name, "--limit", "1", "--no-create-pool-if-not-found"]  # fmt: skip
-        specs.append((name, argv, env | {"PREFECT_HOME": str(opts.state / "prefect-client")}))
+        # Each worker has a home of its own (its store cache, fingerprint cache), as on its own machine;
+        # the base models come from the checkout's model cache unless INSTILL_MODEL_CACHE says otherwise.
+        home = {
+            "PREFECT_HOME": str(opts.state / "prefect-client"),
+            "INSTILL_HOME": str(opts.state / name),
+            "INSTILL_MODEL_CACHE": env.get("INSTILL_MODEL_CACHE", str(REPO / ".instill" / "models")),
+        }
+        specs.append((name, argv, env | home))
     return specs
 
 
@@ -178,12 +187,12 @@ def up(opts: Options) -> None:
     _write_outputs(opts, env)
     create_databases(opts)
     specs = {name: (argv, e) for name, argv, e in service_specs(opts, env)}
-    _ensure("s3", specs, opts, lambda: _http_ok(f"{opts.s3_url}/moto-api/"))
-    _ensure("prefect-server", specs, opts, lambda: _http_ok(f"{opts.prefect_api}/health"), wait_s=240)
-    _ensure("mlflow", specs, opts, lambda: _http_ok(f"{opts.mlflow_url}/health"), wait_s=240)
+    _ensure("s3", specs, opts, lambda _: _http_ok(f"{opts.s3_url}/moto-api/"))
+    _ensure("prefect-server", specs, opts, lambda _: _http_ok(f"{opts.prefect_api}/health"), wait_s=240)
+    _ensure("mlflow", specs, opts, lambda _: _http_ok(f"{opts.mlflow_url}/health"), wait_s=240)
     setup(env, opts.bucket)
     for name, pool in opts.workers():
-        _ensure(name, specs, opts, lambda n=name, p=pool: _worker_online(opts, p, n), wait_s=180)
+        _ensure(name, specs, opts, lambda started, n=name, p=pool: _worker_online(opts, p, n, started), 180)
     print(f"stack up: Prefect {opts.prefect_api}, MLflow {opts.mlflow_url}, S3 {opts.s3_url}")
     print(f"environment: source {opts.state / 'stack.env'}")
     print(f"store config for instill.yaml: {opts.state / 'instill-store.yaml'}")
@@ -256,27 +265,39 @@ def put_work_pool(api: str, name: str, template: dict) -> None:
         _api(api, "PATCH", f"/work_pools/{name}", {"base_job_template": template})
 
 
-def _worker_online(opts: Options, pool: str, name: str) -> bool:
+def _worker_online(opts: Options, pool: str, name: str, started: float | None) -> bool:
+    """The worker is ONLINE; one just started must have sent a heartbeat since (the record of a killed
+    predecessor of the same name stays ONLINE for a while)."""
+    from datetime import datetime
+
     try:
         workers = _api(opts.prefect_api, "POST", f"/work_pools/{pool}/workers/filter", {})
     except (urllib.error.URLError, OSError):
         return False
-    return any(w["name"] == name and w.get("status") == "ONLINE" for w in workers)
+    for w in workers:
+        if w["name"] == name and w.get("status") == "ONLINE":
+            beat = datetime.fromisoformat(w["last_heartbeat_time"].replace("Z", "+00:00")).timestamp()
+            return started is None or beat >= started - 1
+    return False
 
 
 def _ensure(name: str, specs: dict, opts: Options, healthy, wait_s: float = 60) -> None:
-    """Start ``name`` unless it is running; then wait until ``healthy()``."""
+    """Start ``name`` unless it is running; then wait until ``healthy(started)`` (the start's epoch
+    seconds, None when it was running already)."""
     argv, env = specs[name]
+    proc = started = None
     if not _alive(opts, name):
+        started = time.time()
         log = (opts.state / "logs" / f"{name}.log").open("ab")
         proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
         _pid_file(opts, name).write_text(str(proc.pid))
     deadline = time.monotonic() + wait_s
-    while not healthy():
-        if not _alive(opts, name):
+    while not healthy(started):
+        if (proc.poll() is not None) if proc else not _alive(opts, name):
             log = opts.state / "logs" / f"{name}.log"
-            raise StackError(f"{name} exited; see {log}:\n{_tail(opts, name)}")
+            code = f" with status {proc.returncode}" if proc else ""
+            raise StackError(f"{name} exited{code}; see {log}:\n{_tail(opts, name)}")
         if time.monotonic() > deadline:
             raise StackError(f"{name} not healthy after {wait_s:.0f} s; see {opts.state / 'logs'}")
         time.sleep(0.5)
@@ -286,20 +307,29 @@ def _ensure(name: str, specs: dict, opts: Options, healthy, wait_s: float = 60) 
 
 
 def down(opts: Options, drop_databases: bool = False) -> None:
-    """Stop every service (workers first), SIGTERM then SIGKILL after 20 s; optionally drop the databases."""
+    """Stop every service (workers first) with what it started (a worker's flow runs run in sessions of
+    their own): SIGTERM, SIGKILL after 20 s; optionally drop the databases."""
     for name in reversed(_names(opts)):
         pid = _pid(opts, name)
         if pid is not None and _alive(opts, name):
-            _signal_group(pid, signal.SIGTERM)
+            tree = _tree(pid)
+            _signal_groups(tree, signal.SIGTERM)
             deadline = time.monotonic() + 20
-            while _alive(opts, name) and time.monotonic() < deadline:
+            while any(_runs(p) for p in tree) and time.monotonic() < deadline:
                 time.sleep(0.2)
-            if _alive(opts, name):
-                _signal_group(pid, signal.SIGKILL)
+            _signal_groups(tree, signal.SIGKILL)
         _pid_file(opts, name).unlink(missing_ok=True)
     if drop_databases:
         _drop_databases(opts)
     print(f"stack down ({opts.state})")
+
+
+def kill(opts: Options, name: str) -> None:
+    """SIGKILL one service and every process it started, as when its machine dies (``up`` restarts it)."""
+    pid = _pid(opts, name)
+    if pid is None or not _alive(opts, name):
+        raise StackError(f"{name} is not running")
+    _signal_groups(_tree(pid), signal.SIGKILL)
 
 
 def status(opts: Options) -> bool:
@@ -354,9 +384,36 @@ def _alive(opts: Options, name: str) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z" and str(BIN).encode() in cmdline
 
 
-def _signal_group(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(pid, sig)  # the service and the processes it started (server workers, flow runs)
+def _tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    tree, todo = [], [pid]
+    while todo:
+        tree.append(todo.pop())
+        todo += children.get(tree[-1], [])
+    return tree
+
+
+def _runs(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def _signal_groups(pids: list[int], sig: int) -> None:
+    """Signal the process group of each of ``pids`` (a service's, and each flow run's own session)."""
+    groups = set()
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            groups.add(os.getpgid(pid))
+    for group in groups:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, sig)
 
 
 def _tail(opts: Options, name: str, chars: int = 2000) -> str:
@@ -390,7 +447,8 @@ def _run(argv: list[str], what: str) -> None:
 
 def parse(argv: list[str]) -> tuple[str, Options, argparse.Namespace]:
     p = argparse.ArgumentParser(prog="infra/stack.py", description=__doc__.split("\n")[0])
-    p.add_argument("command", choices=["up", "down", "status", "setup"])
+    p.add_argument("command", choices=["up", "down", "status", "setup", "kill"])
+    p.add_argument("service", nargs="?", help="kill: the service (e.g. worker-gpu-1)")
     defaults = Options(state_dir=".instill/stack")
     for field, value in asdict(defaults).items():
         p.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=None)
@@ -409,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
             up(opts)
         elif command == "setup":  # services started elsewhere (compose): the environment says where
             setup(dict(os.environ), opts.bucket)
+        elif command == "kill":
+            kill(opts, args.service or "")
         elif command == "down":
             down(opts, args.drop_databases)
         else:

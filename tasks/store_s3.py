@@ -118,6 +118,13 @@ class S3Store:
         """The ``s3://`` URI of a stored object (a folder's is the prefix of its files)."""
         return S3Location(self.bucket, self._key(uri)).uri
 
+    def check(self) -> None:
+        """The bucket is reachable with these credentials, else one ``StoreUnavailable`` line."""
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            raise self._unavailable(exc) from None
+
     # --- S3 calls, each failure one line ---------------------------------------------------------------
 
     def _key(self, uri: str) -> str:

@@ -123,3 +123,25 @@ def test_a_broken_config_is_one_line_on_every_command(tmp_path, monkeypatch, arg
     cmd[at:at] = ["--config", str(config)]
     line = _one_line_error(*instill(*cmd), expected=2)
     assert "not valid YAML" in line
+
+
+def test_unreachable_s3_store_stops_the_refresh_in_one_line(kb, monkeypatch):
+    body = yaml.safe_load(kb.read_text())
+    body["store"] = {
+        "kind": "s3",
+        "bucket": "kb-store",
+        "endpoint_url": f"http://127.0.0.1:{_closed_port()}",
+        "access_key_id_env": "STORE_KEY",
+        "secret_access_key_env": "STORE_SECRET",
+        "retries": 0,
+    }
+    kb.write_text(yaml.safe_dump(body))
+    monkeypatch.setenv("STORE_KEY", "AKIASTORE")
+    monkeypatch.setenv("STORE_SECRET", "StorePlant99")
+    code, out = instill("refresh", "--config", str(kb))
+    line = _one_line_error(code, out)
+    assert line.startswith("error: artifact store s3://kb-store at http://127.0.0.1:")
+    assert "StorePlant99" not in out
+    monkeypatch.delenv("STORE_SECRET")
+    line = _one_line_error(*instill("status", "--config", str(kb)))
+    assert "environment variable STORE_SECRET is not set" in line

@@ -89,7 +89,7 @@ def test_every_instill_service_gets_the_stack_env_names_and_no_secret(compose, t
     for name in ("prefect-server", "mlflow", "setup", "worker-gpu-1", "worker-cpu-1"):
         assert names <= set(compose["services"][name]["environment"]), name
     lines = [line.strip() for line in COMPOSE.read_text(encoding="utf-8").splitlines()]
-    for secret in ("INSTILL_S3_SECRET_ACCESS_KEY", "POSTGRES_PASSWORD"):
+    for secret in ("INSTILL_S3_SECRET_ACCESS_KEY", "POSTGRES_PASSWORD", "PGPASSWORD"):
         values = {line.split(":", 1)[1].strip() for line in lines if line.startswith(secret)}
         assert values and all(v.startswith("${") for v in values), secret
     sql = (REPO / "infra" / "postgres-init.sql").read_text()

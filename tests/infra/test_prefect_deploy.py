@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -34,12 +35,14 @@ def _get(stack: ProcessStack, path: str) -> dict:
         return json.loads(resp.read())
 
 
-def test_prefect_deploy_registers_the_infra_deployments(process_stack: ProcessStack, tmp_path: Path) -> None:
+def test_prefect_deploy_registers_the_infra_deployments(
+    process_stack: ProcessStack, tmp_path: Path, tiny_model_dir: Path
+) -> None:
     present = [d for d in _deployments() if (REPO / d["entrypoint"].split(":")[0]).is_file()]
     assert {d["entrypoint"] for d in present} >= {"flows/refresh.py:refresh", "flows/train.py:train_hypernet"}
     names = {f"{_flow_name(d['entrypoint'])}/{d['name']}": d for d in present}
     select = ["--all"] if len(present) == len(_deployments()) else [a for n in names for a in ("--name", n)]
-    config = tmp_path / "instill.yaml"
+    config = _empty_kb(tmp_path, tiny_model_dir)
     env = stack_environ(process_stack) | {"INSTILL_ROOT": str(REPO), "INSTILL_CONFIG": str(config)}
     argv = [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(PREFECT_YAML)]
     done = subprocess.run([*argv, *select], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
@@ -58,3 +61,37 @@ def test_prefect_deploy_registers_the_infra_deployments(process_stack: ProcessSt
     (schedule,) = weekly["schedules"]
     assert schedule["schedule"]["cron"] == "0 3 * * 1" and schedule["schedule"]["timezone"] == "Europe/Berlin"
     assert _get(process_stack, "/deployments/name/train-hypernet/gpu")["work_pool_name"] == "gpu"
+
+    # The cpu worker runs the weekly deployment from the checkout, with the stack's catalog and registry.
+    run = _post(process_stack, f"/deployments/{weekly['id']}/create_flow_run", {})
+    state = _wait(process_stack, run["id"], timeout_s=600)
+    assert state["type"] == "COMPLETED", state
+    detail = _get(process_stack, f"/flow_runs/{run['id']}")
+    assert detail["work_pool_name"] == "cpu" and detail["parameters"] == {"config": str(config)}
+
+
+def _empty_kb(tmp_path: Path, model: Path) -> Path:
+    (tmp_path / "docs").mkdir()
+    config = tmp_path / "instill.yaml"
+    body = {"name": f"deploykb{tmp_path.name[-6:].replace('_', '')}",
+            "sources": [{"kind": "local", "name": "docs", "path": "docs"}],
+            "generator": {"name": "cd", "base_model": str(model), "options": {"steps": 1}}}  # fmt: skip
+    config.write_text(yaml.safe_dump(body))
+    return config
+
+
+def _post(stack: ProcessStack, path: str, body: dict) -> dict:
+    req = urllib.request.Request(f"{stack.prefect_api}{path}", data=json.dumps(body).encode(),
+                                 headers={"Content-Type": "application/json"})  # fmt: skip
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _wait(stack: ProcessStack, run_id: str, timeout_s: float) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = _get(stack, f"/flow_runs/{run_id}")["state"]
+        if state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
+            return state
+        time.sleep(2)
+    raise AssertionError(f"flow run {run_id} not finished after {timeout_s} s: {state}")

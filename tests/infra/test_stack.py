@@ -6,9 +6,11 @@ import json
 import stat
 import subprocess
 import sys
+import time
 import urllib.request
+from pathlib import Path
 
-from tests.fixtures.stack import SCRIPT, ProcessStack
+from tests.fixtures.stack import SCRIPT, ProcessStack, kill_service
 
 
 def _get(url: str, body: dict | None = None):
@@ -31,6 +33,20 @@ def test_stack_is_up_and_up_again_keeps_every_process(process_stack: ProcessStac
     assert _get(f"{process_stack.prefect_api}/health") is True
     with urllib.request.urlopen(f"{process_stack.mlflow_url}/health", timeout=10) as resp:
         assert resp.status == 200
+
+
+def test_up_restarts_a_killed_worker_and_leaves_the_rest(process_stack: ProcessStack) -> None:
+    before = _pids(process_stack)
+    killed = kill_service(process_stack, "worker-gpu-2")
+    done = process_stack.run("status", check=False)
+    assert done.returncode == 1 and "worker-gpu-2     down" in done.stdout
+    process_stack.run("up")
+    after = _pids(process_stack)
+    assert after["worker-gpu-2"] != str(killed)
+    assert {k: v for k, v in after.items() if k != "worker-gpu-2"} == {
+        k: v for k, v in before.items() if k != "worker-gpu-2"
+    }
+    assert process_stack.run("status").returncode == 0
 
 
 def test_workers_poll_their_pools_with_the_infra_template(process_stack: ProcessStack) -> None:
@@ -71,3 +87,32 @@ def test_status_of_a_stack_that_is_not_up(tmp_path) -> None:
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 1
     assert "prefect-server   down" in done.stdout
+
+
+def test_kill_and_down_reach_processes_in_sessions_of_their_own(tmp_path) -> None:
+    """A process worker starts each flow run in a session of its own: `kill` (a node failure) and `down`
+    must still end it. Here a stand-in service starts such a child; both must be gone."""
+    child_pid = tmp_path / "child.pid"
+    code = (
+        "import subprocess, sys, time; "
+        "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], "
+        "start_new_session=True); "
+        f"open({str(child_pid)!r}, 'w').write(str(c.pid)); time.sleep(600)"
+    )
+    for command in ("kill", "down"):
+        service = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+        (tmp_path / "worker-gpu-1.pid").write_text(str(service.pid))
+        while not child_pid.exists() or not child_pid.read_text():
+            time.sleep(0.05)
+        child = int(child_pid.read_text())
+        argv = [sys.executable, str(SCRIPT), command, "--state-dir", str(tmp_path), "--gpu-workers", "1"]
+        if command == "kill":
+            argv.insert(3, "worker-gpu-1")
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert service.wait(timeout=30) is not None
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{child}").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not Path(f"/proc/{child}").exists(), f"{command} left the flow-run stand-in running"
+        child_pid.unlink()
