@@ -13,7 +13,9 @@ from flows import kb_commands as kb
 from flows import ml_commands as ml
 from flows import serve_commands as sv
 from flows.bench_pipeline import bench_pipeline
+from flows.bench_workers import bench_workers
 from flows.console import command  # every error of the environment or config: one line, non-zero exit
+from flows.pool_setup import pool_setup
 
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help="Keep a model's knowledge current with adapters."
@@ -43,6 +45,8 @@ app.command("train-hypernet")(command(ml.train_hypernet))
 app.command("eval")(command(ml.evaluate))
 app.command("bench")(command(ml.bench))
 app.command("bench-pipeline")(command(bench_pipeline))
+app.command("bench-workers")(command(bench_workers))
+app.command("pool-setup")(command(pool_setup))
 corpus_app.command("build")(command(ml.corpus_build))
 
 # Answering from the knowledge base, and serving it.

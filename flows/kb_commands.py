@@ -96,6 +96,11 @@ def _refresh_locked(cfg: str, kb) -> dict:
         else:
             from flows.refresh import refresh as refresh_flow
 
+            if kb.execution.distributed:
+                from tasks.dispatch import require_server
+
+                require_server(kb.execution.deployment)
+
             hand_over(cfg, plans, progress)
             result = refresh_flow(cfg)
     marker.unlink(missing_ok=True)

@@ -1,5 +1,10 @@
 """The `refresh` flow: per source detect, record, sweep, generate, gate, register, retire, finish; release.
 
+Generation and gates run here (embedded, the default) or, with ``execution: {pool: ...}`` in
+``instill.yaml``, on the workers of that Prefect work pool: the `dispatch` step submits the pending
+versions in batches as flow runs of the ``generate-adapters`` deployment (flows/generate_adapters.py) and
+waits for them; everything else (detection, recording, registration, retirement, the release) stays here.
+
 Reads like the process it runs. Each step is a plain function in ``tasks/<step>.py`` wrapped thinly as a
 task of the same name; only ids, paths and small records cross task boundaries. The adapter ids that
 `generate` returns are what `gate` and `register` receive, together with the leftovers the `sweep` found
@@ -16,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 from prefect import flow, task
@@ -24,10 +30,11 @@ from prefect.runtime import flow_run
 
 from tasks.catalog.types import RunStatus
 from tasks.detect import SourcePlan, detect
+from tasks.dispatch import dispatch
 from tasks.finish import finish
 from tasks.gate import gate
 from tasks.generate import generate
-from tasks.lock import refresh_lock
+from tasks.lock import prefect_slot, refresh_lock
 from tasks.record import record
 from tasks.register import register
 from tasks.release import write_release
@@ -42,6 +49,7 @@ record_task = task(record, name="record")
 sweep_task = task(sweep, name="sweep")
 generate_task = task(generate, name="generate")
 gate_task = task(gate, name="gate")
+dispatch_task = task(dispatch, name="dispatch")
 
 
 def _retry_unless_unreachable(task, task_run, state) -> bool:
@@ -75,6 +83,7 @@ class Steps:
     retire: Callable
     finish: Callable
     release: Callable
+    dispatch: Callable  # generate and gate on the pool's workers (distributed execution)
 
 
 PREFECT_STEPS = Steps(
@@ -87,8 +96,9 @@ PREFECT_STEPS = Steps(
     retire_task,
     finish_task,
     release_task,
+    dispatch_task,
 )
-PLAIN_STEPS = Steps(detect, record, sweep, generate, gate, register, retire, finish, write_release)
+PLAIN_STEPS = Steps(detect, record, sweep, generate, gate, register, retire, finish, write_release, dispatch)
 
 
 @dataclass
@@ -126,7 +136,9 @@ def refresh(config: str) -> dict:
     """Bring every source of the knowledge base in ``config`` up to date; returns the run's summary."""
     run_id = str(flow_run.id) if flow_run.id else None
     rt = runtime(config)
-    with refresh_lock(rt.settings.catalog, rt.settings.home, rt.kb.name, rt.settings.lock_wait_s):
+    # Distributed: the lock is mirrored in a Prefect global concurrency limit, shown in the Prefect UI.
+    slot = prefect_slot(rt.kb.name, run_id) if rt.kb.execution.distributed else nullcontext()
+    with refresh_lock(rt.settings.catalog, rt.settings.home, rt.kb.name, rt.settings.lock_wait_s), slot:
         plans, progress = _PLANS.pop(config, (None, None))
         if plans is None:  # started by a deployment, not by the CLI (which closed them already)
             from tasks.finish import close_crashed_runs
@@ -179,21 +191,11 @@ def run_refresh(
             lambda c: steps.record(config, name, c, run_id),  # noqa: B023 - called at once
         )
         todo = steps.sweep(config, name)  # what this run recorded, and what a crashed run left undone
-        generated = progress.each(
-            f"{name}: generate",
-            todo.versions,
-            lambda v: steps.generate(config, v, todo.generator_id, run_id),  # noqa: B023
-        )
+        generated, gated, not_gated = _generate_and_gate(config, name, todo, run_id, steps, progress)
         new = [g.adapter_id for g in generated if g.adapter_id is not None]
-        gated = (
-            progress.each(
-                f"{name}: gates", _merge(todo.ungated, new), lambda a: steps.gate(config, a, run_id)
-            )
-            if kb.gates.enabled
-            else []
-        )
+        to_register = [a for a in _merge(todo.unregistered, new) if a not in not_gated]
         registered, unregistered = [], []
-        for adapter_id in progress.each(f"{name}: register", _merge(todo.unregistered, new), lambda a: a):
+        for adapter_id in progress.each(f"{name}: register", to_register, lambda a: a):
             outcome = _registry_call(steps.register, config, adapter_id, run_id)
             (unregistered if isinstance(outcome, Unreachable) else registered).append(outcome)
         retired, retire_errors = 0, []
@@ -221,6 +223,36 @@ def run_refresh(
     result["release"] = release
     result["still_failed"] = _still_failed(config, {f["document"] for f in result["failed"]})
     return result
+
+
+def _generate_and_gate(config: str, source: str, todo, run_id, steps: Steps, progress: StepProgress):
+    """Generate the pending versions and gate the new adapters (and the leftovers), here or on the pool.
+
+    Returns the generate and gate outcomes, and the adapters still without a verdict (a worker died
+    before gating them): those are not registered; the next refresh gates them."""
+    kb = runtime(config).kb
+    if kb.execution.distributed:
+        ungated = todo.ungated if kb.gates.enabled else []
+        if not todo.versions and not ungated:
+            return [], [], set()
+        done = progress.each(
+            f"{source}: generate and gate on pool {kb.execution.pool}",
+            [todo],
+            lambda t: steps.dispatch(config, t.versions, ungated, t.generator_id, run_id),
+        )[0]
+        return done.generated, done.gated, set(done.not_gated)
+    generated = progress.each(
+        f"{source}: generate",
+        todo.versions,
+        lambda v: steps.generate(config, v, todo.generator_id, run_id),
+    )
+    new = [g.adapter_id for g in generated if g.adapter_id is not None]
+    gated = (
+        progress.each(f"{source}: gates", _merge(todo.ungated, new), lambda a: steps.gate(config, a, run_id))
+        if kb.gates.enabled
+        else []
+    )
+    return generated, gated, set()
 
 
 def _registry_call(step, *args, **kwargs):

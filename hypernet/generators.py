@@ -189,8 +189,8 @@ class HypernetGenerator:
     def _config(self) -> dict[str, Any]:
         return self.cfg.fingerprint_config(refine=False)
 
-    def generated(self, text: str) -> tuple[LoraWeights, dict[str, float], list[str]]:
-        """The generated adapter (on the CPU), its metrics and notes."""
+    def _features(self, text: str) -> tuple[list, dict[str, float], list[str]]:
+        """The features of the document's chunks (at most ``max_chunks``), its metrics and notes."""
         chunks = self.encoder.chunk_ids(text)
         if not text.strip():
             raise HypernetInputError("document is empty: the hypernetwork has nothing to read")
@@ -203,14 +203,44 @@ class HypernetGenerator:
             )
             chunks = chunks[: self.cfg.max_chunks]
         features = [self.encoder.encode_ids(ids) for ids in chunks]
-        weights = self.net.generate(features).detach()
         metrics = {"chunks": float(len(chunks)), "doc_tokens": float(sum(f.shape[1] for f in features))}
-        return weights, metrics, notes
+        return features, metrics, notes
+
+    def generated(self, text: str) -> tuple[LoraWeights, dict[str, float], list[str]]:
+        """The generated adapter (on the CPU), its metrics and notes."""
+        features, metrics, notes = self._features(text)
+        return self.net.generate(features).detach(), metrics, notes
+
+    def generated_many(self, texts: list[str]) -> list[tuple[LoraWeights, dict[str, float], list[str]]]:
+        """``generated`` for several documents, through one batched pass of the hypernetwork (the base
+        model still reads each chunk on its own); equal to ``generated`` up to float rounding."""
+        import torch
+
+        prepared = [self._features(text) for text in texts]
+        with torch.no_grad():
+            A, B = self.net.document_factors([features for features, _, _ in prepared])
+            bias_A, bias_B = self.net.bias_factors()
+        out = []
+        for i, (features, metrics, notes) in enumerate(prepared):
+            rank = len(features) * self.net.cfg.rank  # this document's chunks; the rest is padding
+            As, Bs = {}, {}
+            for layer, path in enumerate(self.net.cfg.module_paths):
+                As[path] = torch.cat([A[i, layer, :rank], bias_A[layer]], dim=0)
+                Bs[path] = torch.cat([B[i, layer, :, :rank], bias_B[layer]], dim=1)
+            out.append((LoraWeights(As, Bs, 1.0), metrics, notes))
+        return out
 
     def generate(self, text: str, progress: Progress | None = None) -> GeneratedAdapter:
         start = time.perf_counter()
         weights, metrics, notes = self.generated(text)
         return GeneratedAdapter(weights, time.perf_counter() - start, metrics, notes)
+
+    def generate_many(self, texts: list[str]) -> list[GeneratedAdapter]:
+        """Several documents at once (a worker's batch); each one's ``seconds`` is its share."""
+        start = time.perf_counter()
+        made = self.generated_many(texts)
+        share = (time.perf_counter() - start) / max(len(texts), 1)
+        return [GeneratedAdapter(weights, share, metrics, notes) for weights, metrics, notes in made]
 
 
 class HypernetCDGenerator(HypernetGenerator):
@@ -232,6 +262,8 @@ class HypernetCDGenerator(HypernetGenerator):
             "probes": float(len(result.probes)),
         }
         return GeneratedAdapter(result.weights, time.perf_counter() - start, metrics, notes + result.notes)
+
+    generate_many = None  # the refinement is per document: generate_batch goes one by one
 
 
 GeneratorBuilder = Callable[[BaseModel, dict[str, Any]], Generator]

@@ -23,6 +23,10 @@ class HomeUnusable(EnvironmentProblem):
     pass
 
 
+class OrchestratorUnavailable(EnvironmentProblem):
+    """Distributed execution without a usable Prefect server or without the worker deployment."""
+
+
 class StoreUnavailable(EnvironmentProblem):
     """The artifact store (an S3 bucket) cannot be reached or refuses the credentials."""
 

@@ -11,7 +11,6 @@ adapter stays live.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.catalog import queries
@@ -19,19 +18,11 @@ from tasks.catalog.db import session_scope
 from tasks.catalog.models import Adapter, QAResult
 from tasks.catalog.types import AdapterState
 from tasks.faults import fault_point
+from tasks.outcomes import GateOutcome
 from tasks.runtime import Runtime, runtime
 from tasks.settings import LocalSourceConfig
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class GateOutcome:
-    adapter_id: int
-    document: str
-    passed: bool
-    failures: tuple[str, ...] = ()
-    seconds: float = 0.0
 
 
 def gate(config: str, adapter_id: int, flow_run_id: str | None = None) -> GateOutcome:

@@ -20,6 +20,7 @@ from tasks.catalog.db import session_scope
 from tasks.catalog.models import Adapter, DocumentVersion, Generator
 from tasks.catalog.types import AdapterState
 from tasks.faults import fault_point
+from tasks.outcomes import GenerateOutcome
 from tasks.runtime import build_generator, runtime
 from tasks.settings import DEFAULT_BASE_MODEL, GeneratorConfig, Settings
 
@@ -50,26 +51,77 @@ def covered_fraction(text_chars: int, given_chars: int, notes: list[str]) -> flo
     return round(min(fraction, 1.0), 4)
 
 
-@dataclass(frozen=True)
-class GenerateOutcome:
-    version_id: int
-    adapter_id: int | None  # None when generation failed
-    document: str
-    seconds: float = 0.0
-    reused: bool = False
-    error: str | None = None
-    covered_fraction: float | None = None  # below 1.0: the document was cut to the generator's window
-
-
 def generate(
     config: str, version_id: int, generator_id: int, flow_run_id: str | None = None
 ) -> GenerateOutcome:
     """Generate (or reuse) the adapter for one document version and record it as a candidate."""
     rt = runtime(config)
+    job = _prepare(rt, version_id, generator_id, flow_run_id)
+    if isinstance(job, GenerateOutcome):
+        return job
+    gen = rt.generator()
+    log.info("generating an adapter for %s with %s", job.document, gen.name)
+    try:
+        result = gen.generate(job.given, progress=_progress_logger(job.document))
+    except Exception as exc:  # one document's failure must not stop the others
+        return _failed(job, exc)
+    return _record(rt, job, generator_id, result, flow_run_id)
+
+
+def generate_batch(
+    config: str, version_ids: list[int], generator_id: int, flow_run_id: str | None = None
+) -> list[GenerateOutcome]:
+    """``generate`` for a batch of versions (a worker's flow run): one call of the generator's
+    ``generate_many`` where it has one (the hypernetwork: one batched pass), else one by one. A text
+    already in the batch is left to ``generate`` afterwards, which reuses the adapter made for it."""
+    rt = runtime(config)
+    outcomes: dict[int, GenerateOutcome] = {}
+    jobs, later, texts = [], [], set()
+    for version_id in version_ids:
+        job = _prepare(rt, version_id, generator_id, flow_run_id)
+        if isinstance(job, GenerateOutcome):
+            outcomes[version_id] = job
+        elif job.text_sha256 in texts:
+            later.append(version_id)
+        else:
+            texts.add(job.text_sha256)
+            jobs.append(job)
+    gen = rt.generator()
+    many = getattr(gen, "generate_many", None)
+    results = None
+    if many is not None and len(jobs) > 1:
+        try:
+            results = many([job.given for job in jobs])
+        except Exception as exc:  # noqa: BLE001 - one bad document must not fail the batch: one by one
+            log.warning("batched generation failed (%s); generating one by one", exc)
+    for i, job in enumerate(jobs):
+        if results is not None:
+            outcomes[job.version_id] = _record(rt, job, generator_id, results[i], flow_run_id)
+        else:
+            outcomes[job.version_id] = generate(config, job.version_id, generator_id, flow_run_id)
+    for version_id in later:
+        outcomes[version_id] = generate(config, version_id, generator_id, flow_run_id)
+    return [outcomes[v] for v in version_ids]
+
+
+@dataclass(frozen=True)
+class _Job:
+    """A version that needs generating: its text (cut to what a generator reads) and its lineage."""
+
+    version_id: int
+    document: str
+    text_sha256: str
+    text_chars: int
+    given: str
+    lineage: dict
+
+
+def _prepare(rt, version_id: int, generator_id: int, flow_run_id: str | None) -> _Job | GenerateOutcome:
+    """The version's own adapter or a reused one (an outcome), else what generating it needs."""
     with session_scope(rt.sessions) as session:
         version = session.get(DocumentVersion, version_id)
         document = version.document.label
-        own = _own_adapter(session, version_id, generator_id)
+        own = queries.own_adapter(session, version_id, generator_id)
         if own is not None:  # a concurrent or crashed run already made it
             return GenerateOutcome(version_id, own.id, document, reused=True)
         same_text = queries.adapter_for_text(session, version.text_sha256, generator_id)
@@ -82,27 +134,31 @@ def generate(
                 version_id, adapter.id, document, reused=True, covered_fraction=adapter.covered_fraction
             )
         lineage = _catalog_lineage(version, session.get(Generator, generator_id))
-        text_uri = version.text_uri
+        text_uri, text_sha = version.text_uri, version.text_sha256
     text = rt.store.get_bytes(text_uri).decode("utf-8")
-    given = text[:MAX_GENERATOR_CHARS]
-    gen = rt.generator()
-    log.info("generating an adapter for %s with %s", document, gen.name)
-    try:
-        result = gen.generate(given, progress=_progress_logger(document))
-    except Exception as exc:  # one document's failure must not stop the others
-        log.error("%s: generation failed: %s", document, exc)
-        return GenerateOutcome(version_id, None, document, error=f"generation failed: {exc}")
-    covered = covered_fraction(len(text), len(given), list(result.notes))
+    return _Job(version_id, document, text_sha, len(text), text[:MAX_GENERATOR_CHARS], lineage)
+
+
+def _failed(job: _Job, exc: Exception) -> GenerateOutcome:
+    log.error("%s: generation failed: %s", job.document, exc)
+    return GenerateOutcome(job.version_id, None, job.document, error=f"generation failed: {exc}")
+
+
+def _record(rt, job: _Job, generator_id: int, result, flow_run_id: str | None) -> GenerateOutcome:
+    """Store the generated adapter's folder, then its catalog row (unless another run recorded one)."""
+    version_id, document = job.version_id, job.document
+    covered = covered_fraction(job.text_chars, len(job.given), list(result.notes))
     if covered < 1.0:
         log.warning("%s: only %.1f%% of the document is covered by its adapter", document, 100 * covered)
-    lineage = lineage | {"coverage": {"covered_fraction": covered, "notes": list(result.notes)}}
+    lineage = job.lineage | {"coverage": {"covered_fraction": covered, "notes": list(result.notes)}}
     with tempfile.TemporaryDirectory(dir=rt.store.root) as tmp:
         folder = Path(tmp) / "adapter"
-        sha = _save(result, gen, folder, lineage)
+        sha = _save(result, rt.generator(), folder, lineage)
         uri = rt.store.put_dir(folder, "adapters", sha)
     fault_point("generate")
     with session_scope(rt.sessions) as session:
-        own = _own_adapter(session, version_id, generator_id)  # re-checked inside the write transaction
+        # Re-checked inside the write transaction: a concurrent run may have recorded one meanwhile.
+        own = queries.own_adapter(session, version_id, generator_id)
         if own is not None:
             return GenerateOutcome(
                 version_id, own.id, document, reused=True, covered_fraction=own.covered_fraction
@@ -115,19 +171,6 @@ def generate(
         return GenerateOutcome(
             version_id, adapter.id, document, seconds=result.seconds, covered_fraction=covered
         )
-
-
-def _own_adapter(session, version_id: int, generator_id: int) -> Adapter | None:
-    """A live adapter this generator already made for exactly this version."""
-    from sqlalchemy import select
-
-    return session.scalars(
-        select(Adapter).where(
-            Adapter.document_version_id == version_id,
-            Adapter.generator_id == generator_id,
-            Adapter.state != AdapterState.RETIRED,
-        )
-    ).first()
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,13 @@ named in that connection's ``application_name``, which ``pg_stat_activity`` show
 On SQLite an exclusive ``flock`` on ``INSTILL_HOME/locks/<kb>.lock``, with the holder written into the
 file. Both are released by the operating system or the server when the holder dies, even by SIGKILL, so a
 crashed refresh never leaves the knowledge base locked.
+
+In the distributed mode (a Prefect server is configured), the refresh flow also holds one slot of a
+Prefect global concurrency limit named after the knowledge base (``instill-refresh-<kb>``, limit 1, the
+lease naming the refresh's flow run), so the Prefect UI shows that a refresh holds it and which. The
+catalog lock stays the authority: the slot is taken with it held, so a slot still occupied then was
+leaked by a killed holder whose lease has not expired yet, and is reset. ``GPU_LIMIT`` is the limit a
+worker's flow run holds a slot of while it uses the device (created by ``instill pool-setup``).
 """
 
 from __future__ import annotations
@@ -12,11 +19,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import socket
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,7 +32,11 @@ from sqlalchemy.engine import make_url
 
 from tasks.faults import fault_point
 
+log = logging.getLogger(__name__)
+
 POLL_S = 0.2
+GPU_LIMIT = "gpu"  # a Prefect global concurrency limit: one slot per device of the pool
+SLOT_LEASE_S = 60  # the shortest lease Prefect grants; renewed while held, freed this long after a kill
 _HELD: set[str] = set()  # knowledge bases this process holds (the flow re-enters the CLI's lock)
 
 
@@ -133,3 +145,40 @@ def _pg_holder(conn, lock_id: int) -> dict | None:
         return None
     fields = dict(part.split("=", 1) for part in row[0].split() if "=" in part)
     return fields or None
+
+
+def refresh_limit_name(kb: str) -> str:
+    """The Prefect global concurrency limit that mirrors the knowledge base's refresh lock."""
+    return f"instill-refresh-{kb}"
+
+
+@contextmanager
+def prefect_slot(kb: str, flow_run_id: str | None) -> Iterator[None]:
+    """Hold the slot of ``refresh_limit_name(kb)`` (created with limit 1 if missing), with the catalog
+    lock already held; the lease names the refresh's flow run."""
+    from uuid import UUID
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.concurrency.sync import concurrency
+
+    name = refresh_limit_name(kb)
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=UUID(flow_run_id)) if flow_run_id else None
+    with get_client(sync_client=True) as client:
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+
+    def take(wait_s: float):
+        return concurrency(
+            name, occupy=1, timeout_seconds=wait_s, strict=True, holder=holder, lease_duration=SLOT_LEASE_S
+        )
+
+    with ExitStack() as stack:
+        try:
+            stack.enter_context(take(2))
+        except TimeoutError:  # we hold the catalog lock: the slot's holder is dead, its lease not expired
+            log.warning("%s: resetting a slot a killed refresh left occupied", name)
+            with get_client(sync_client=True) as client:
+                client.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
+            stack.enter_context(take(30))
+        yield

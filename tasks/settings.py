@@ -199,6 +199,26 @@ class ServingConfig(_Strict):
     webhook_secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
+class ExecutionConfig(_Strict):
+    """Where adapters are generated. Without ``pool`` (the default) every step runs in the refreshing
+    process (embedded). With ``pool``, the refresh submits the pending versions in batches of
+    ``batch_size`` as flow runs of the ``deployment`` on that Prefect work pool and waits for them
+    (distributed: needs a Prefect server, a shared catalog and a store the workers share)."""
+
+    pool: str | None = Field(default=None, pattern=NAME_PATTERN)
+    batch_size: int = Field(default=16, ge=1, le=1024)
+    # "<flow name>/<deployment name>" of the worker flow (flows/generate_adapters.py, infra/prefect.yaml).
+    deployment: str = Field(default="generate-adapters/gpu", pattern=r"^[^/]+/[^/]+$")
+    # How long the refresh waits for its batches before it reports them unfinished (the next refresh
+    # picks their versions up), and how often it asks the Prefect server.
+    timeout_s: float = Field(default=6 * 3600, gt=0)
+    poll_s: float = Field(default=2.0, gt=0)
+
+    @property
+    def distributed(self) -> bool:
+        return self.pool is not None
+
+
 class LocalStoreConfig(_Strict):
     """Adapters and document texts in a folder under INSTILL_HOME (``store/``): the embedded default."""
 
@@ -245,6 +265,7 @@ class KnowledgeBase(_Strict):
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     store: StoreConfig = Field(default_factory=LocalStoreConfig)
 
     @field_validator("sources")

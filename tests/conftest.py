@@ -25,5 +25,6 @@ pytest_plugins = [
     "tests.fixtures.kb",
     "tests.fixtures.s3",
     "tests.fixtures.mediawiki",
+    "tests.fixtures.workers",
     "tests.fixtures.stack",
 ]

@@ -15,7 +15,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("flows", "tasks", "hypernet")
 LAYER = {"hypernet": 0, "tasks": 1, "flows": 2}
 # tasks/: the refresh's steps, the operations beside them, and the shared layer (everything else).
-STEPS = {"detect", "record", "sweep", "generate", "gate", "register", "retire", "finish", "release"}
+STEPS = {"detect", "record", "sweep", "generate", "gate", "dispatch", "register", "retire", "finish"}
+STEPS |= {"release"}
 OPERATIONS = {"lifecycle", "audit"}
 
 

@@ -112,6 +112,17 @@ def adapter_for_text(session: Session, text_sha256: str, generator_id: int) -> A
     )
 
 
+def own_adapter(session: Session, version_id: int, generator_id: int) -> Adapter | None:
+    """A live adapter this generator already made for exactly this version."""
+    return session.scalars(
+        select(Adapter).where(
+            Adapter.document_version_id == version_id,
+            Adapter.generator_id == generator_id,
+            Adapter.state != AdapterState.RETIRED,
+        )
+    ).first()
+
+
 def pending_versions(session: Session, source_id: int, generator_id: int) -> list[int]:
     """Latest parsed versions of live documents with no adapter for their text under this generator.
 

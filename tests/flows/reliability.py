@@ -65,12 +65,17 @@ def run(config: Path, *args: str, env: dict[str, str], timeout: float = 300, com
     return proc.returncode, out
 
 
-def check_invariants(config: Path, home: Path, catalog_url: str | None = None) -> None:
-    """Nothing lost, nothing doubled: the checks the crash and concurrency tests share."""
+def check_invariants(
+    config: Path, home: Path, catalog_url: str | None = None, extra_env: dict[str, str] | None = None
+) -> None:
+    """Nothing lost, nothing doubled: the checks the crash and concurrency tests share (``extra_env``:
+    variables the knowledge base needs, such as its S3 store's keys)."""
     from tasks.runtime import forget_runtimes
 
-    saved = {k: os.environ.get(k) for k in ("INSTILL_HOME", "INSTILL_CATALOG_URL")}
+    extra_env = extra_env or {}
+    saved = {k: os.environ.get(k) for k in ("INSTILL_HOME", "INSTILL_CATALOG_URL", *extra_env)}
     os.environ["INSTILL_HOME"] = str(home)
+    os.environ.update(extra_env)
     if catalog_url:
         os.environ["INSTILL_CATALOG_URL"] = catalog_url
     try:

@@ -83,6 +83,21 @@ def test_long_documents_are_cut_at_max_chunks_with_a_note(tiny_base, checkpoint:
     assert out.notes and "first 2 chunks" in out.notes[0]
 
 
+def test_a_batch_through_the_hypernetwork_equals_one_by_one(tiny_base, checkpoint: Path) -> None:
+    """A worker's batch goes through the hypernetwork in one pass; documents of different lengths (one
+    chunk, several) get the adapters they get alone, rank included."""
+    gen = make_generator("hypernet", tiny_base, {"checkpoint": str(checkpoint), "max_chunks": 3})
+    texts = [DOC, DOC * 4, "Mara Quill was born in 1954 and lives by the sea with two cats."]
+    batched = gen.generate_many(texts)
+    for text, many in zip(texts, batched, strict=True):
+        one = gen.generate(text)
+        assert many.weights.rank == one.weights.rank and many.notes == one.notes
+        for path in one.weights.modules:
+            torch.testing.assert_close(many.weights.A[path], one.weights.A[path], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(many.weights.B[path], one.weights.B[path], atol=1e-5, rtol=1e-4)
+    assert make_generator("hypernet+cd", tiny_base, {"checkpoint": str(checkpoint)}).generate_many is None
+
+
 def test_empty_document_is_refused_by_name(tiny_base, checkpoint: Path) -> None:
     gen = make_generator("hypernet", tiny_base, {"checkpoint": str(checkpoint)})
     with pytest.raises(HypernetInputError, match="document is empty"):
