@@ -190,7 +190,7 @@ def up(opts: Options) -> None:
     _ensure("s3", specs, opts, lambda _: _http_ok(f"{opts.s3_url}/moto-api/"))
     _ensure("prefect-server", specs, opts, lambda _: _http_ok(f"{opts.prefect_api}/health"), wait_s=240)
     _ensure("mlflow", specs, opts, lambda _: _http_ok(f"{opts.mlflow_url}/health"), wait_s=240)
-    setup(env, opts.bucket)
+    setup(env, opts.bucket, opts.gpu_workers)
     for name, pool in opts.workers():
         _ensure(name, specs, opts, lambda started, n=name, p=pool: _worker_online(opts, p, n, started), 180)
     print(f"stack up: Prefect {opts.prefect_api}, MLflow {opts.mlflow_url}, S3 {opts.s3_url}")
@@ -233,15 +233,19 @@ def create_databases(opts: Options) -> None:
                 admin.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
 
 
-def setup(env: dict[str, str], bucket: str) -> None:
+def setup(env: dict[str, str], bucket: str, gpu_slots: int) -> None:
     """What the services need before workers start, given the variables of ``stack.env``: the catalog
-    migrated, the bucket, the ``cpu`` and ``gpu`` pools with their base job template. (infra/compose.yaml
-    runs it as ``infra/stack.py setup``.)"""
+    migrated, the bucket, the ``cpu`` and ``gpu`` pools with their base job template, and `instill
+    pool-setup` (the ``gpu`` concurrency limit, one slot per gpu worker, and the automation that crashes a
+    worker flow run whose heartbeats stopped; the workers keep Prefect's default heartbeat, 180 s).
+    (infra/compose.yaml runs it as ``infra/stack.py setup``.)"""
     code = "import sys; from tasks.catalog.db import upgrade; upgrade(sys.argv[1])"
     _run([sys.executable, "-c", code, env["INSTILL_CATALOG_URL"]], "catalog migration")
     create_bucket(env, bucket)
     for pool, template in POOLS.items():
         put_work_pool(env["PREFECT_API_URL"], pool, json.loads(template.read_text()))
+    pool_setup = [str(BIN / "instill"), "pool-setup", "--gpu-slots", str(gpu_slots), "--heartbeat-s", "180"]
+    _run(pool_setup, "instill pool-setup", env)
 
 
 def create_bucket(env: dict[str, str], bucket: str) -> None:
@@ -439,8 +443,8 @@ def _api(api: str, method: str, path: str, body: dict):
     return json.loads(raw) if raw else None
 
 
-def _run(argv: list[str], what: str) -> None:
-    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=os.environ | QUIET)
+def _run(argv: list[str], what: str, env: dict[str, str] | None = None) -> None:
+    done = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, env=(env or os.environ) | QUIET)
     if done.returncode:
         raise StackError(f"{what} failed: {(done.stderr or done.stdout).strip().splitlines()[-1:]}")
 
@@ -466,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "up":
             up(opts)
         elif command == "setup":  # services started elsewhere (compose): the environment says where
-            setup(dict(os.environ), opts.bucket)
+            setup(dict(os.environ), opts.bucket, opts.gpu_workers)
         elif command == "kill":
             kill(opts, args.service or "")
         elif command == "down":

@@ -116,3 +116,12 @@ def test_kill_and_down_reach_processes_in_sessions_of_their_own(tmp_path) -> Non
             time.sleep(0.1)
         assert not Path(f"/proc/{child}").exists(), f"{command} left the flow-run stand-in running"
         child_pid.unlink()
+
+
+def test_up_sizes_the_gpu_limit_to_the_gpu_workers_and_adds_the_crash_automation(
+    process_stack: ProcessStack,
+) -> None:
+    limit = _get(f"{process_stack.prefect_api}/v2/concurrency_limits/gpu")
+    assert limit["limit"] == 2  # the fixture's two gpu workers
+    automations = _get(f"{process_stack.prefect_api}/automations/filter", {})
+    assert any(a["name"].startswith("instill: crash generate-adapters") for a in automations)
