@@ -128,9 +128,18 @@ def serve(
 
     from flows.serve import create_app
     from tasks.answer import Answerer, AnswerError
+    from tasks.runtime import runtime
+    from tasks.webhook import ensure_webhook
 
+    hook = ensure_webhook(runtime(str(settings.config)))  # before the model loads: a bad setting fails fast
     with user_errors(AnswerError):
         answerer = Answerer(str(settings.config), alias=alias, strategy=strategy, poll_seconds=poll_seconds)
+    if hook is not None:
+        console.print(
+            f"registry webhook {hook.name} {'created' if hook.created else 'updated'}: alias moves are "
+            f"posted to {hook.url}",
+            highlight=False,
+        )
     console.print(
         f"serving {answerer.name} ({len(answerer.documents())} documents, strategy "
         f"{answerer.strategy}) on http://{host}:{port}",
