@@ -158,6 +158,22 @@ def eval_kb(
     base_model: Annotated[str, typer.Option("--base-model")] = "smollm2-135m-instruct",
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.")] = None,
     distractors: Annotated[Path | None, typer.Option("--distractors", help="A documents.jsonl.")] = None,
+    embed_max_size: Annotated[
+        int,
+        typer.Option("--embed-max-size", help="Largest size the embedding router is measured at (0: none)."),
+    ] = 200,
+    strategies: Annotated[
+        str | None,
+        typer.Option(
+            "--strategies",
+            help="Strategies at every size, comma-separated (base,top1,cat,linear,rag,rag+cat); "
+            "'none' measures routing only. Default: all at the smallest size, top1,rag at the others.",
+        ),
+    ] = None,
+    merge: Annotated[
+        bool,
+        typer.Option("--merge", help="Fold the figures into the report in --out instead of replacing it."),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Measure routing and answering strategies over the shipped multi-document question set."""
@@ -171,9 +187,24 @@ def eval_kb(
         base_model=base_model,
         limit=limit,
         distractors=distractors,
+        embed_max_size=embed_max_size,
+        strategies=_strategies(strategies),
+        merge=merge,
     )
     try:
         result = run_eval_kb(cfg, settings, out_dir, log=lambda m: console.print(m, highlight=False))
     except ValueError as exc:
         fail(str(exc))
     out.print(f"best strategy: {result['best_strategy']}; report in {out_dir / 'eval-kb.md'}")
+
+
+def _strategies(given: str | None) -> tuple[str, ...] | None:
+    from tasks.eval_kb import STRATEGY_ORDER
+
+    if given is None:
+        return None
+    names = tuple(n.strip() for n in given.split(",") if n.strip() and n.strip() != "none")
+    unknown = [n for n in names if n not in STRATEGY_ORDER]
+    if unknown:
+        fail(f"--strategies: unknown {', '.join(unknown)} (one of {', '.join(STRATEGY_ORDER)}, or none)")
+    return names

@@ -17,7 +17,7 @@ def test_question_set_has_enough_documents_questions_and_same_kind_wrong_answers
 
 
 def test_eval_kb_reports_routing_and_every_strategy(tiny_model_dir, tmp_path):
-    from tasks.eval_kb import STRATEGY_ORDER, EvalKBConfig, run_eval_kb
+    from tasks.eval_kb import STRATEGY_ORDER, EvalKBConfig, label, run_eval_kb
     from tasks.settings import Settings
 
     cfg = EvalKBConfig(
@@ -29,9 +29,23 @@ def test_eval_kb_reports_routing_and_every_strategy(tiny_model_dir, tmp_path):
         embed_max_size=24,
         max_new_tokens=2,
     )
-    result = run_eval_kb(cfg, Settings(home=tmp_path / "home"), tmp_path, log=lambda m: None)
+    settings = Settings(home=tmp_path / "home")
+    result = run_eval_kb(cfg, settings, tmp_path, log=lambda m: None)
     assert set(result["routing"]) == {"bm25", "embedding"} and set(result["routing"]["bm25"]) == {"20", "24"}
-    assert set(result["answers"]["20"]) == set(STRATEGY_ORDER)
-    assert result["best_strategy"] in STRATEGY_ORDER[1:]
+    cd_labels = {label(s, "cd") for s in STRATEGY_ORDER}
+    assert set(result["answers"]["20"]) == cd_labels and "top1[cd]" in cd_labels and "rag" in cd_labels
+    assert result["best_strategy"] in cd_labels - {"base"}
     assert json.loads((tmp_path / "eval-kb.json").read_text())["questions"] == 3
     assert (tmp_path / "eval-kb.png").stat().st_size > 1000
+
+    # A routing-only run folds its figures into the report: earlier answers and the run list are kept.
+    (tmp_path / "eval-kb.md").write_text("# old\n\n## Verdict\n\nHand-written.\n")
+    cfg2 = EvalKBConfig(
+        sizes=[20, 30], base_model=str(tiny_model_dir), limit=3, embed_max_size=30, strategies=(), merge=True
+    )
+    merged = run_eval_kb(cfg2, settings, tmp_path, log=lambda m: None)
+    assert set(merged["routing"]["embedding"]) == {"20", "24", "30"}
+    assert json.dumps(merged["answers"]) == json.dumps(result["answers"]) and len(merged["runs"]) == 2
+    assert "--strategies 'none' --merge" in merged["runs"][1]["command"]
+    text = (tmp_path / "eval-kb.md").read_text()
+    assert "| embedding | 30 |" in text and "## Runs" in text and text.rstrip().endswith("Hand-written.")
