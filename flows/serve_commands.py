@@ -170,6 +170,12 @@ def eval_kb(
             "'none' measures routing only. Default: all at the smallest size, top1,rag at the others.",
         ),
     ] = None,
+    em_strategies: Annotated[
+        str,
+        typer.Option(
+            "--em-strategies", help="Strategies whose greedy exact match is measured ('none': no EM)."
+        ),
+    ] = "top1,rag",
     merge: Annotated[
         bool,
         typer.Option("--merge", help="Fold the figures into the report in --out instead of replacing it."),
@@ -189,6 +195,7 @@ def eval_kb(
         distractors=distractors,
         embed_max_size=embed_max_size,
         strategies=_strategies(strategies),
+        em_strategies=_strategies(em_strategies) or (),
         merge=merge,
     )
     try:

@@ -70,19 +70,24 @@ def question_set() -> dict[str, Any]:
 
 
 def distractor_texts(n: int, settings: Settings, path: Path | None, words: int) -> tuple[list[str], str]:
-    """``n`` real-text documents (spread over the corpus file, each cut to ``words`` words)."""
+    """``n`` real-text documents of ``words`` words, spread evenly over the source: a ``documents.jsonl``
+    (the corpus `make corpus` builds; one document per line, cut) or a folder of ``*.txt`` files, each cut
+    into consecutive ``words``-word pieces (python3.11-doc's ``/usr/share/doc/python3.11/html/_sources``)."""
     candidates = [path] if path else [settings.home / "corpus" / "documents.jsonl"]
     candidates.append(Path(str(files("hypernet").joinpath("corpora/python-docs.jsonl"))))
-    source = next(p for p in candidates if p and Path(p).is_file())
-    lines = Path(source).read_text(encoding="utf-8").splitlines()
-    texts = []
-    step = max(1, len(lines) // max(n, 1))
-    for line in lines[::step]:
-        text = json.loads(line).get("text", "")
-        if len(text.split()) >= 40:
-            texts.append(" ".join(text.split()[:words]))
-        if len(texts) == n:
-            break
+    source = Path(next(p for p in candidates if p and Path(p).exists()))
+    if source.is_dir():
+        pool = [
+            " ".join(chunk)
+            for f in sorted(source.rglob("*.txt"))
+            for all_words in [f.read_text(encoding="utf-8", errors="replace").split()]
+            for chunk in (all_words[i : i + words] for i in range(0, len(all_words), words))
+        ]
+    else:
+        lines = source.read_text(encoding="utf-8").splitlines()
+        pool = [" ".join(json.loads(line).get("text", "").split()[:words]) for line in lines]
+    step = max(1, len(pool) // max(n, 1))
+    texts = [t for t in pool[::step] if len(t.split()) >= 40][:n]
     if len(texts) < n:
         raise ValueError(
             f"{source} holds {len(texts)} usable distractor documents; {n} are needed "
@@ -401,10 +406,14 @@ def command_line(c: dict[str, Any]) -> str:
     for key in ("generator", "steps", "limit", "embed_max_size"):
         if c.get(key, d[key]) != d[key] and (key != "steps" or "cd" in c["generator"]):
             parts.append(f"--{key.replace('_', '-')} {c[key]}")
+    if tuple(c.get("em_strategies", d["em_strategies"])) != tuple(d["em_strategies"]):
+        parts.append(f"--em-strategies '{','.join(c['em_strategies']) or 'none'}'")
     if c.get("strategies") is not None:
         parts.append(f"--strategies '{','.join(c['strategies']) or 'none'}'")
     if "corpus/documents.jsonl" in str(c.get("distractors")):
         parts.append("--distractors .instill/corpus/documents.jsonl")
+    elif c.get("distractors") and "python-docs.jsonl" not in str(c["distractors"]):
+        parts.append(f"--distractors {c['distractors']}")
     if c.get("merge"):
         parts.append("--merge")
     return " ".join(parts)
