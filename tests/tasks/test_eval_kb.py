@@ -49,3 +49,20 @@ def test_eval_kb_reports_routing_and_every_strategy(tiny_model_dir, tmp_path):
     assert "--strategies 'none' --merge" in merged["runs"][1]["command"]
     text = (tmp_path / "eval-kb.md").read_text()
     assert "| embedding | 30 |" in text and "## Runs" in text and text.rstrip().endswith("Hand-written.")
+
+
+def test_distractors_from_a_folder_of_text_files_and_too_few_is_an_error(tmp_path):
+    import pytest
+
+    from tasks.eval_kb import distractor_texts
+    from tasks.settings import Settings
+
+    for name in ("a.rst.txt", "sub/b.txt"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(" ".join(f"{name}-{i}" for i in range(500)))
+    texts, source = distractor_texts(6, Settings(home=tmp_path / "h"), tmp_path, 150)
+    assert source == str(tmp_path) and len(texts) == 6
+    assert all(40 <= len(t.split()) <= 150 for t in texts)
+    assert any(t.startswith("sub/b.txt-") for t in texts) and texts[0].startswith("a.rst.txt-0 ")
+    with pytest.raises(ValueError, match="holds 8 usable distractor documents; 9 are needed"):
+        distractor_texts(9, Settings(home=tmp_path / "h"), tmp_path, 150)
