@@ -157,6 +157,9 @@ def run_eval_kb(
         "questions": len(questions),
         "two_document_questions": sum(len(q["documents"]) == 2 for q in questions),
         "generator_seconds_per_document": statistics.mean(run.gen_seconds) if run.gen_seconds else None,
+        "generator_checkpoint_sha256": run.generator.describe().get("checkpoint_sha256")
+        if run.generator
+        else None,
         "embedding_seconds": emb_seconds,
         "routing": routing,
         "answer_router": router,
@@ -304,6 +307,7 @@ def _run_record(result: dict[str, Any], load: float) -> dict[str, Any]:
         "minutes": round(result["minutes"], 1),
         "embedding_seconds": result["embedding_seconds"],
         "generator_seconds_per_document": result["generator_seconds_per_document"],
+        "generator_checkpoint_sha256": result.get("generator_checkpoint_sha256"),
         "measured": measured,
     }
 
