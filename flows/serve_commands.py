@@ -157,7 +157,9 @@ def eval_kb(
     steps: Annotated[int, typer.Option("--steps", help="CD steps (cd generators).")] = 10,
     base_model: Annotated[str, typer.Option("--base-model")] = "smollm2-135m-instruct",
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.")] = None,
-    distractors: Annotated[Path | None, typer.Option("--distractors", help="A documents.jsonl.")] = None,
+    distractors: Annotated[
+        Path | None, typer.Option("--distractors", help="A documents.jsonl, or a folder of *.txt files.")
+    ] = None,
     embed_max_size: Annotated[
         int,
         typer.Option("--embed-max-size", help="Largest size the embedding router is measured at (0: none)."),
