@@ -141,15 +141,17 @@ def run_eval_kb(
     gold = [[keys.index(k) for k in q["documents"]] for q in questions]
     run = _Run(cfg, base, texts, questions, gold, log)
     plans = _strategy_plan(cfg)
-    if any(s in ADAPTER_STRATEGIES for by_size in plans.values() for s in by_size):
-        options = {"steps": cfg.steps} if "cd" in cfg.generator else {}
-        run.generator = make_generator(cfg.generator, base, options)
-        for i in range(len(core)):
-            run.adapter(i)
-        log(f"generated {len(core)} {cfg.generator} adapters ({statistics.mean(run.gen_seconds):.2f} s each)")
     routing, rankings, emb_seconds = _route(run)
     smallest = min(cfg.sizes)
     router = max(routing, key=lambda k: (routing[k][str(smallest)]["p@1"], k == "bm25"))
+    needed = _needed_adapters(plans, rankings, router)
+    if needed:  # generated before answering, so that seconds per answer leave generation out
+        options = {"steps": cfg.steps} if "cd" in cfg.generator else {}
+        run.generator = make_generator(cfg.generator, base, options)
+        for i in needed:
+            run.adapter(i)
+        each = statistics.mean(run.gen_seconds)
+        log(f"generated {len(needed)} {cfg.generator} adapters ({each:.2f} s each)")
     answers = _answer(run, plans, rankings, router, out_dir, routing)
     minutes = (time.perf_counter() - started) / 60
     result = {
@@ -169,6 +171,8 @@ def run_eval_kb(
     result["runs"] = [_run_record(result, load)]
     if cfg.merge and (out_dir / "eval-kb.json").exists():
         result = _merge(json.loads((out_dir / "eval-kb.json").read_text()), result)
+    else:
+        _tag(result, 1)
     result["best_strategy"] = _best(result["answers"])
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "eval-kb.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -177,6 +181,16 @@ def run_eval_kb(
     write_markdown(out_dir)
     log(f"done in {minutes:.1f} min; best strategy {result['best_strategy']}")
     return result
+
+
+def _needed_adapters(plans: dict[int, tuple[str, ...]], rankings: dict, router: str) -> list[int]:
+    """The documents whose adapter some planned strategy uses (top1: the first routed; others: top-k)."""
+    needed: set[int] = set()
+    for size, strategies in plans.items():
+        for strategy in set(strategies) & set(ADAPTER_STRATEGIES):
+            for top in rankings[(router, size)]:
+                needed.update(top[:1] if strategy == "top1" else top)
+    return sorted(needed)
 
 
 def _strategy_plan(cfg: EvalKBConfig) -> dict[int, tuple[str, ...]]:
@@ -255,6 +269,7 @@ def _answer(run: _Run, plans: dict, rankings: dict, router: str, out_dir: Path, 
                     em.append(float(exact_match(pred, q["answer"])))
                 seconds.append(time.perf_counter() - t)
             row = {
+                "questions": len(questions),
                 "mc_accuracy": statistics.mean(correct),
                 "answer_nll": statistics.mean(nll),
                 "seconds_per_answer": statistics.mean(seconds),
@@ -314,6 +329,9 @@ def _run_record(result: dict[str, Any], load: float) -> dict[str, Any]:
 
 def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """``old`` with ``new``'s figures laid over it (same router, size and strategy: the new one wins)."""
+    earlier = old.get("runs") or [_legacy_run(old)]
+    _tag(old, 1)  # rows from before runs were numbered came from the first run
+    _tag(new, len(earlier) + 1)
     merged = {**old, "config": new["config"], "questions": new["questions"]}
     merged["routing"] = {k: dict(v) for k, v in old.get("routing", {}).items()}
     for kind, by_size in new["routing"].items():
@@ -323,10 +341,17 @@ def _merge(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
         merged["answers"].setdefault(size, {}).update(by)
     if new["embedding_seconds"] is not None:
         merged["embedding_seconds"] = new["embedding_seconds"]
-    earlier = old.get("runs") or [_legacy_run(old)]
     merged["runs"] = earlier + new["runs"]
     merged["minutes"] = sum(r["minutes"] for r in merged["runs"])
     return merged
+
+
+def _tag(result: dict[str, Any], run: int) -> None:
+    """Number every routing and answer row that has no run number yet with ``run``."""
+    rows = [m for by in result["routing"].values() for m in by.values()]
+    rows += [m for by in result["answers"].values() for m in by.values()]
+    for row in rows:
+        row.setdefault("run", run)
 
 
 def _legacy_run(old: dict[str, Any]) -> dict[str, Any]:
@@ -450,10 +475,13 @@ def write_markdown(d: Path) -> Path:
         "## Routing\n\nP@1: the top document is a gold one. P@2: gold documents among the top 2, / 2. "
         "recall@2: fraction of a question's gold documents in the top 2.\n"
     )
-    L.append("| router | documents | P@1 | P@2 | recall@2 |\n|---|---|---|---|---|")
+    L.append("| router | documents | P@1 | P@2 | recall@2 | run |\n|---|---|---|---|---|---|")
     for kind, by in r["routing"].items():
         for size, m in sorted(by.items(), key=lambda x: int(x[0])):
-            L.append(f"| {kind} | {size} | {m['p@1']:.3f} | {m['p@2']:.3f} | {m['recall@2']:.3f} |")
+            L.append(
+                f"| {kind} | {size} | {m['p@1']:.3f} | {m['p@2']:.3f} | {m['recall@2']:.3f} | "
+                f"{m.get('run', 1)} |"
+            )
     if r.get("embedding_seconds"):
         n = max((int(s) for s in r["routing"].get("embedding", {})), default=0)
         L.append(
@@ -467,15 +495,16 @@ def write_markdown(d: Path) -> Path:
         "combining adapters (and greedy generation where EM is measured).\n"
     )
     L.append(
-        "| documents | strategy | MC accuracy | MC, two-document questions | gold NLL | EM | s/answer |"
-        "\n|---|---|---|---|---|---|---|"
+        "| documents | strategy | questions | MC accuracy | MC, two-document questions | gold NLL | EM | "
+        "s/answer | run |\n|---|---|---|---|---|---|---|---|---|"
     )
     for size, by in sorted(r["answers"].items(), key=lambda x: int(x[0])):
         for s, m in by.items():
             em = f"{m['exact_match']:.3f}" if "exact_match" in m else "-"
             L.append(
-                f"| {size} | {s} | {m['mc_accuracy']:.3f} | {m['mc_accuracy_two_doc']:.3f} | "
-                f"{m['answer_nll']:.3f} | {em} | {m['seconds_per_answer']:.2f} |"
+                f"| {size} | {s} | {m.get('questions', r['questions'])} | {m['mc_accuracy']:.3f} | "
+                f"{m['mc_accuracy_two_doc']:.3f} | {m['answer_nll']:.3f} | {em} | "
+                f"{m['seconds_per_answer']:.2f} | {m.get('run', 1)} |"
             )
     if full:
         L.append(
@@ -492,8 +521,8 @@ def write_markdown(d: Path) -> Path:
 
 def _runs_markdown(runs: list[dict[str, Any]]) -> str:
     L = [
-        "## Runs\n\nEach figure above comes from one of these runs (a later run's figure replaces an "
-        "earlier one for the same router, size and strategy).\n"
+        "## Runs\n\nThe run column above names the run each figure comes from (a later run's figure "
+        "replaces an earlier one for the same router, size and strategy).\n"
     ]
     for i, run in enumerate(runs, 1):
         L.append(
