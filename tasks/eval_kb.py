@@ -155,7 +155,7 @@ def run_eval_kb(
     answers = _answer(run, plans, rankings, router, out_dir, routing)
     minutes = (time.perf_counter() - started) / 60
     result = {
-        "config": {**asdict(cfg), "distractors": source, "threads": settings.threads},
+        "config": {**asdict(cfg), "distractors": source, "threads": settings.threads, "out": str(out_dir)},
         "questions": len(questions),
         "two_document_questions": sum(len(q["documents"]) == 2 for q in questions),
         "generator_seconds_per_document": statistics.mean(run.gen_seconds) if run.gen_seconds else None,
@@ -429,7 +429,7 @@ def _plot(result: dict[str, Any], path: Path) -> None:
 def command_line(c: dict[str, Any]) -> str:
     """The `instill eval-kb` command that reproduces a run's config (defaults left out)."""
     d = asdict(EvalKBConfig())
-    parts = ["OMP_NUM_THREADS=1 instill eval-kb --out docs"]
+    parts = [f"OMP_NUM_THREADS=1 instill eval-kb --out {c.get('out', 'docs')}"]
     if c["sizes"] != d["sizes"]:
         parts.append("--sizes " + ",".join(str(x) for x in c["sizes"]))
     for key in ("generator", "steps", "limit", "embed_max_size"):
