@@ -164,6 +164,13 @@ def eval_kb(
         int,
         typer.Option("--embed-max-size", help="Largest size the embedding router is measured at (0: none)."),
     ] = 200,
+    embed_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--embed-budget-minutes",
+            help="Stop embedding after this long; the router is measured up to the size reached (cached).",
+        ),
+    ] = None,
     strategies: Annotated[
         str | None,
         typer.Option(
@@ -196,6 +203,7 @@ def eval_kb(
         limit=limit,
         distractors=distractors,
         embed_max_size=embed_max_size,
+        embed_budget_minutes=embed_budget,
         strategies=_strategies(strategies),
         em_strategies=_strategies(em_strategies) or (),
         merge=merge,

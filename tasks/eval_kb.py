@@ -51,6 +51,9 @@ class EvalKBConfig:
     large_strategies: tuple[str, ...] = ("top1", "rag")
     # None: every strategy at the smallest size, ``large_strategies`` at the others; () measures routing only.
     strategies: tuple[str, ...] | None = None
+    # Stop embedding distractors after this many minutes (the embedding cache keeps what was done; the
+    # embedding router is then measured up to the size reached). None: no limit.
+    embed_budget_minutes: float | None = None
     # Fold this run's figures into the report already in ``out_dir`` (each run listed under ``runs``)
     # instead of replacing it: a later run can add a size, a router or a generator without redoing the rest.
     merge: bool = False
@@ -106,6 +109,7 @@ class _Run:
     questions: list[dict[str, Any]]
     gold: list[list[int]]
     log: Callable[[str], None]
+    cache_dir: Path = Path(".")
     generator: Any = None
     adapters: dict[int, Any] = field(default_factory=dict)
     gen_seconds: list[float] = field(default_factory=list)
@@ -139,7 +143,7 @@ def run_eval_kb(
     texts = [d["text"] for d in core] + extra
     log(f"{len(core)} documents, {len(questions)} questions, {len(extra)} distractors from {source}")
     gold = [[keys.index(k) for k in q["documents"]] for q in questions]
-    run = _Run(cfg, base, texts, questions, gold, log)
+    run = _Run(cfg, base, texts, questions, gold, log, cache_dir=settings.home / "eval-kb")
     plans = _strategy_plan(cfg)
     routing, rankings, emb_seconds = _route(run)
     smallest = min(cfg.sizes)
@@ -206,23 +210,26 @@ def _route(run: _Run) -> tuple[dict, dict, float | None]:
     from tasks.route import BM25Router, EmbeddingRouter
 
     cfg, texts, questions = run.cfg, run.texts, run.questions
-    emb = qvec = emb_seconds = None
+    matrix = qvec = emb_seconds = None
+    sizes = list(cfg.sizes)
     if cfg.embed_max_size > 0:  # embeddings once for the largest corpus (a prefix is each smaller one)
-        t0 = time.perf_counter()
-        emb = EmbeddingRouter(texts[: min(cfg.embed_max_size, len(texts))], run.base)
-        emb_seconds = time.perf_counter() - t0
-        qvec = emb.embed([q["question"] for q in questions])
-        run.log(f"embedded {len(emb.matrix)} documents in {emb_seconds:.0f} s")
+        matrix, emb_seconds = _embed_documents(run, min(cfg.embed_max_size, len(texts)))
+        qvec = EmbeddingRouter([], run.base).embed([q["question"] for q in questions])
+        reached = len(matrix) // 100 * 100
+        if len(matrix) < min(cfg.embed_max_size, len(texts)) and reached > max(
+            [s for s in sizes if s <= len(matrix)], default=0
+        ):
+            sizes = sorted({*sizes, reached})  # the budget ran out: the largest size it reached, for both
     routing: dict[str, dict[str, dict[str, float]]] = {}
     rankings: dict[tuple[str, int], list[list[int]]] = {}
-    for size in cfg.sizes:
+    for size in sizes:
         bm25 = BM25Router(texts[:size])
         for kind in ("bm25", "embedding"):
-            if kind == "embedding" and (emb is None or size > cfg.embed_max_size):
+            if kind == "embedding" and (matrix is None or size > len(matrix)):
                 continue
             ranked = []
             for qi, q in enumerate(questions):
-                scores = bm25.scores(q["question"]) if kind == "bm25" else emb.matrix[:size] @ qvec[qi]
+                scores = bm25.scores(q["question"]) if kind == "bm25" else matrix[:size] @ qvec[qi]
                 ranked.append([int(i) for i in np.argsort(-scores, kind="stable")[: cfg.top_k]])
             rankings[(kind, size)] = ranked
             routing.setdefault(kind, {})[str(size)] = _routing_metrics(ranked, run.gold)
@@ -231,6 +238,34 @@ def _route(run: _Run) -> tuple[dict, dict, float | None]:
             + ", ".join(f"{k} P@1 {v[str(size)]['p@1']:.3f}" for k, v in routing.items() if str(size) in v)
         )
     return routing, rankings, emb_seconds
+
+
+EMBED_CHUNK = 40  # documents between saves of the embedding cache
+
+
+def _embed_documents(run: _Run, count: int) -> tuple[np.ndarray, float]:
+    """The first ``count`` texts embedded, in chunks saved to ``<home>/eval-kb/emb-<sha>.npy`` (keyed by the
+    base model's weights and the texts): a run that stops, or whose ``embed_budget_minutes`` runs out,
+    leaves what it embedded for the next. Returns the rows embedded and the seconds spent embedding now."""
+    import hashlib
+
+    from tasks.route import EMBED_TOKENS, EmbeddingRouter
+
+    key = hashlib.sha256(f"{run.base.weights_sha256}:{EMBED_TOKENS}".encode())
+    for text in run.texts[:count]:
+        key.update(hashlib.sha256(text.encode()).digest())
+    cache = run.cache_dir / f"emb-{key.hexdigest()[:16]}.npy"
+    rows = [np.load(cache)] if cache.exists() else []
+    done = sum(len(r) for r in rows)
+    router, t0 = EmbeddingRouter([], run.base), time.perf_counter()
+    budget = run.cfg.embed_budget_minutes
+    while done < count and (budget is None or time.perf_counter() - t0 < budget * 60):
+        rows.append(router.embed(run.texts[done : min(count, done + EMBED_CHUNK)]))
+        done += len(rows[-1])
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, np.concatenate(rows))
+        run.log(f"embedded {done}/{count} documents ({time.perf_counter() - t0:.0f} s this run)")
+    return (np.concatenate(rows) if rows else np.zeros((0, 1))), time.perf_counter() - t0
 
 
 def _answer(run: _Run, plans: dict, rankings: dict, router: str, out_dir: Path, routing: dict) -> dict:
@@ -432,7 +467,7 @@ def command_line(c: dict[str, Any]) -> str:
     parts = [f"OMP_NUM_THREADS=1 instill eval-kb --out {c.get('out', 'docs')}"]
     if c["sizes"] != d["sizes"]:
         parts.append("--sizes " + ",".join(str(x) for x in c["sizes"]))
-    for key in ("generator", "steps", "limit", "embed_max_size"):
+    for key in ("generator", "steps", "limit", "embed_max_size", "embed_budget_minutes"):
         if c.get(key, d[key]) != d[key] and (key != "steps" or "cd" in c["generator"]):
             parts.append(f"--{key.replace('_', '-')} {c[key]}")
     if tuple(c.get("em_strategies", d["em_strategies"])) != tuple(d["em_strategies"]):
