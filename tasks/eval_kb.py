@@ -455,7 +455,8 @@ def _plot(result: dict[str, Any], path: Path) -> None:
         ylim=(0, 1.05),
         title=f"Answers ({result['answer_router']} routing)",
     )
-    b.legend(fontsize=8)
+    if labels:
+        b.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

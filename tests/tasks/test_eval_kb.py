@@ -66,3 +66,32 @@ def test_distractors_from_a_folder_of_text_files_and_too_few_is_an_error(tmp_pat
     assert any(t.startswith("sub/b.txt-") for t in texts) and texts[0].startswith("a.rst.txt-0 ")
     with pytest.raises(ValueError, match="holds 8 usable distractor documents; 9 are needed"):
         distractor_texts(9, Settings(home=tmp_path / "h"), tmp_path, 150)
+
+
+def test_an_embedding_budget_measures_the_router_up_to_the_size_reached(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    import tasks.eval_kb as eval_kb
+    from tasks.settings import Settings
+
+    monkeypatch.setattr(eval_kb, "EMBED_CHUNK", 120)  # one chunk, then the (tiny) budget is spent
+    cfg = eval_kb.EvalKBConfig(
+        sizes=[20, 240],
+        base_model=str(tiny_model_dir),
+        limit=3,
+        embed_max_size=240,
+        embed_budget_minutes=1e-4,
+        strategies=(),
+    )
+    settings = Settings(home=tmp_path / "home")
+    result = eval_kb.run_eval_kb(cfg, settings, tmp_path / "out", log=lambda m: None)
+    assert set(result["routing"]["embedding"]) == {"20", "100"}
+    assert set(result["routing"]["bm25"]) == {"20", "100", "240"}
+    assert "--embed-budget-minutes 0.0001" in result["runs"][0]["command"]
+    # The 120 embedded documents are cached: a second run with no budget embeds only the rest.
+    cached = list((tmp_path / "home" / "eval-kb").glob("emb-*.npy"))
+    assert len(cached) == 1 and len(__import__("numpy").load(cached[0])) == 120
+    cfg.embed_budget_minutes = None
+    again = eval_kb.run_eval_kb(cfg, settings, tmp_path / "out", log=lambda m: None)
+    assert set(again["routing"]["embedding"]) == {"20", "240"}
+    assert again["routing"]["embedding"]["20"] == result["routing"]["embedding"]["20"]
