@@ -518,12 +518,7 @@ def write_markdown(d: Path) -> Path:
                 f"| {kind} | {size} | {m['p@1']:.3f} | {m['p@2']:.3f} | {m['recall@2']:.3f} | "
                 f"{m.get('run', 1)} |"
             )
-    if r.get("embedding_seconds"):
-        n = max((int(s) for s in r["routing"].get("embedding", {})), default=0)
-        L.append(
-            f"\nThe embedding router (mean-pooled SmolLM2 last hidden state, first 256 tokens) embedded "
-            f"{n} documents in {r['embedding_seconds']:.0f} s on one thread.\n"
-        )
+    L.append("")
     L.append(
         f"## Answers (routed with {r.get('answer_router', 'bm25').upper()}, top-2)\n\nMC accuracy: the gold "
         "answer has the lowest mean NLL of the four (chance 0.25). NLL: mean per-token NLL of the gold "
