@@ -488,8 +488,8 @@ INTRO = (
     "Question set: `tasks/data/kb_questions.json`: 20 fictional documents (a lighthouse, a ferry, a comet, "
     '...; 40-50 words each), 68 questions, 8 of them needing two documents ("Who captains the ferry that '
     'carries Velm tea?"), each with a gold answer and three wrong answers of the same kind. Distractors: '
-    "real-text documents (Debian and Python documentation from the corpus `make corpus` builds, 150 words "
-    "each) added to the knowledge base: 20 -> 200 -> 1,000 documents. Base model SmolLM2-135M-Instruct; "
+    "real-text documentation cut to 150 words (each run's source is under Runs) added to the knowledge "
+    "base: 20 -> 200 -> 1,000 documents. Base model SmolLM2-135M-Instruct; "
     "adapters from the shipped hypernetwork checkpoint unless a strategy names its generator "
     "(`top1[cd]`: per-document context distillation).\n"
 )
