@@ -6,8 +6,9 @@
   (``chat.completion.chunk`` objects, then ``data: [DONE]``). Every response carries ``instill``: the
   strategy and the adapters (document, model, version, sha256) that answered.
 - ``POST /hooks/mlflow``: the MLflow registry webhook (``model_version_alias.created`` / ``.deleted``);
-  with ``serving.webhook_secret_env`` set, the ``X-MLflow-Signature`` HMAC is checked. It makes the next
-  request re-read the aliases; without it the aliases are polled every ``serving.poll_seconds``.
+  with ``serving.webhook_secret_env`` set, the ``X-MLflow-Signature`` HMAC and the timestamp are checked
+  (tasks.webhook), a bad delivery gets 401. A move of the served alias makes the next request re-read the
+  aliases; without webhooks the aliases are polled every ``serving.poll_seconds``.
 - ``GET /``: documents, production versions, QA metrics, the last refresh and release, and a question box
   (``/?q=...`` renders an answer server-side).
 
@@ -16,12 +17,9 @@ Bad requests get OpenAI's error shape ``{"error": {"message", "type", "param", "
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import html
 import json
-import os
+import logging
 import time
 import uuid
 from typing import Any
@@ -34,8 +32,10 @@ from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tasks.answer import Answerer, AnswerError, Plan
+from tasks.webhook import check_delivery, moved_alias, webhook_secret
 
 MAX_BODY_BYTES = 1 << 20
+log = logging.getLogger(__name__)
 
 
 class Message(BaseModel):
@@ -66,8 +66,8 @@ def error(status: int, message: str, *, type_: str = "invalid_request_error", pa
 
 def create_app(answerer: Answerer) -> FastAPI:
     app = FastAPI(title=f"instill: {answerer.name}", docs_url=None, redoc_url=None)
-    secret_env = answerer.serving.webhook_secret_env
-    app.state.webhook_calls = 0
+    secret = webhook_secret(answerer.serving)  # read once; a named but unset variable stops the start
+    app.state.webhook_calls = app.state.webhook_rereads = 0
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -131,17 +131,23 @@ def create_app(answerer: Answerer) -> FastAPI:
             "status": "ok",
             "registry_reads": answerer.view.reads,
             "webhook_calls": app.state.webhook_calls,
+            "webhook_rereads": app.state.webhook_rereads,
         }
 
     @app.post("/hooks/mlflow")
     async def mlflow_webhook(request: Request):
         raw = await request.body()
-        secret = os.environ.get(secret_env) if secret_env else None
-        if secret and not _valid_signature(secret, raw, request.headers):
-            return error(401, "invalid webhook signature", type_="authentication_error", code="bad_signature")
-        answerer.view.invalidate()
+        refused = check_delivery(secret, raw, request.headers) if secret else None
+        if refused:
+            log.warning("refused an MLflow webhook delivery: %s", refused)
+            return error(401, refused, type_="authentication_error", code="bad_signature")
         app.state.webhook_calls += 1
-        return {"ok": True}
+        moved = moved_alias(raw)
+        reread = moved is not None and moved[1] == answerer.view.alias
+        if reread:
+            answerer.view.invalidate()
+            app.state.webhook_rereads += 1
+        return {"ok": True, "reread": reread}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -269,15 +275,6 @@ async def _sse(answerer, messages, plan: Plan, max_new, temperature, cid, create
         yield f"data: {json.dumps({'error': err})}\n\n"
     yield chunk({}, finish.get("reason", "stop"), usage=_usage(finish))
     yield "data: [DONE]\n\n"
-
-
-def _valid_signature(secret: str, raw: bytes, headers) -> bool:
-    """MLflow's webhook signature: HMAC-SHA256 over ``{delivery id}.{timestamp}.{body}``, base64, ``v1,``."""
-    signature = headers.get("x-mlflow-signature", "")
-    delivery, stamp = headers.get("x-mlflow-delivery-id", ""), headers.get("x-mlflow-timestamp", "")
-    signed = f"{delivery}.{stamp}.".encode() + raw
-    expected = base64.b64encode(hmac.new(secret.encode(), signed, hashlib.sha256).digest()).decode()
-    return hmac.compare_digest(signature.removeprefix("v1,"), expected)
 
 
 def _kb_facts(answerer: Answerer) -> dict[str, Any]:

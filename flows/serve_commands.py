@@ -128,9 +128,18 @@ def serve(
 
     from flows.serve import create_app
     from tasks.answer import Answerer, AnswerError
+    from tasks.runtime import runtime
+    from tasks.webhook import ensure_webhook
 
+    hook = ensure_webhook(runtime(str(settings.config)))  # before the model loads: a bad setting fails fast
     with user_errors(AnswerError):
         answerer = Answerer(str(settings.config), alias=alias, strategy=strategy, poll_seconds=poll_seconds)
+    if hook is not None:
+        console.print(
+            f"registry webhook {hook.name} {'created' if hook.created else 'updated'}: alias moves are "
+            f"posted to {hook.url}",
+            highlight=False,
+        )
     console.print(
         f"serving {answerer.name} ({len(answerer.documents())} documents, strategy "
         f"{answerer.strategy}) on http://{host}:{port}",
@@ -148,7 +157,38 @@ def eval_kb(
     steps: Annotated[int, typer.Option("--steps", help="CD steps (cd generators).")] = 10,
     base_model: Annotated[str, typer.Option("--base-model")] = "smollm2-135m-instruct",
     limit: Annotated[int | None, typer.Option("--limit", help="Only the first N questions.")] = None,
-    distractors: Annotated[Path | None, typer.Option("--distractors", help="A documents.jsonl.")] = None,
+    distractors: Annotated[
+        Path | None, typer.Option("--distractors", help="A documents.jsonl, or a folder of *.txt files.")
+    ] = None,
+    embed_max_size: Annotated[
+        int,
+        typer.Option("--embed-max-size", help="Largest size the embedding router is measured at (0: none)."),
+    ] = 200,
+    embed_budget: Annotated[
+        float | None,
+        typer.Option(
+            "--embed-budget-minutes",
+            help="Stop embedding after this long; the router is measured up to the size reached (cached).",
+        ),
+    ] = None,
+    strategies: Annotated[
+        str | None,
+        typer.Option(
+            "--strategies",
+            help="Strategies at every size, comma-separated (base,top1,cat,linear,rag,rag+cat); "
+            "'none' measures routing only. Default: all at the smallest size, top1,rag at the others.",
+        ),
+    ] = None,
+    em_strategies: Annotated[
+        str,
+        typer.Option(
+            "--em-strategies", help="Strategies whose greedy exact match is measured ('none': no EM)."
+        ),
+    ] = "top1,rag",
+    merge: Annotated[
+        bool,
+        typer.Option("--merge", help="Fold the figures into the report in --out instead of replacing it."),
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Measure routing and answering strategies over the shipped multi-document question set."""
@@ -162,9 +202,26 @@ def eval_kb(
         base_model=base_model,
         limit=limit,
         distractors=distractors,
+        embed_max_size=embed_max_size,
+        embed_budget_minutes=embed_budget,
+        strategies=_strategies(strategies),
+        em_strategies=_strategies(em_strategies) or (),
+        merge=merge,
     )
     try:
         result = run_eval_kb(cfg, settings, out_dir, log=lambda m: console.print(m, highlight=False))
     except ValueError as exc:
         fail(str(exc))
     out.print(f"best strategy: {result['best_strategy']}; report in {out_dir / 'eval-kb.md'}")
+
+
+def _strategies(given: str | None) -> tuple[str, ...] | None:
+    from tasks.eval_kb import STRATEGY_ORDER
+
+    if given is None:
+        return None
+    names = tuple(n.strip() for n in given.split(",") if n.strip() and n.strip() != "none")
+    unknown = [n for n in names if n not in STRATEGY_ORDER]
+    if unknown:
+        fail(f"--strategies: unknown {', '.join(unknown)} (one of {', '.join(STRATEGY_ORDER)}, or none)")
+    return names

@@ -161,7 +161,8 @@ class KnowledgeBaseView:
         self.reads = 0  # how many times the registry was read (tests, /health)
 
     def invalidate(self) -> None:
-        self._read_at = 0.0
+        # Not 0.0: time.monotonic() counts from boot, so "0" can be less than poll_seconds ago.
+        self._read_at = float("-inf")
 
     def documents(self) -> list[LiveDocument]:
         with self._lock:

@@ -197,6 +197,10 @@ class ServingConfig(_Strict):
     rag_max_words: int = Field(default=300, ge=16)  # per document put in the prompt
     # HMAC secret of the MLflow registry webhook (an environment variable's name, never the secret).
     webhook_secret_env: str | None = Field(default=None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    # Where the MLflow tracking server reaches this server's receiver (``http://HOST:PORT/hooks/mlflow``):
+    # set, `instill serve` registers the webhook ``instill-<kb>`` there at start (tasks.webhook). Needs
+    # MLFLOW_TRACKING_URI to be a tracking server (http[s]://) and webhook_secret_env.
+    webhook_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
 
 
 class ExecutionConfig(_Strict):
