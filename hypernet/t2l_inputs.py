@@ -156,7 +156,7 @@ def pool(name: str, split: str) -> tuple[Item, ...]:
         raise ValueError(f"unknown input pool {name!r}; known: {sorted(_BUILDERS)}")
     if split not in ("train", "heldout"):
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
-    items = list(_BUILDERS[name]())
+    items = list({item.question: item for item in _BUILDERS[name]()}.values())  # no input in both splits
     random.Random(f"t2l:split:{name}").shuffle(items)
     cut = (3 * len(items)) // 4
     return tuple(items[:cut] if split == "train" else items[cut:])
