@@ -9,7 +9,8 @@ After Sakana AI's text-to-lora, "M" variant (docs/hypernet-design.md, T2L sectio
       -> + learned A/B embedding -> ONE head per module type emitting r * max(d_in, d_out) values,
          read as A [r, d_in] or B [d_out, r]  (the "M" variant's shared A/B head)
 
-Head weights start at zero and the head bias holds PEFT's initialisation (A: Kaiming-uniform, B: 0),
+Head weights start at zero and separate A and B biases hold PEFT's initialisation (A: Kaiming-uniform,
+B: 0),
 T2L's "bias-HyperInit": an untrained network emits the same near-identity adapter for every
 description (B = 0 changes nothing). The LoRA maths (``LoraWeights``, ``applied``) and the PEFT export
 (``hypernet.adapter``) are shared with Doc-to-LoRA. Checkpoints are safetensors with the config in the
@@ -98,16 +99,18 @@ class T2LHypernet(nn.Module):
         self.mixer = nn.Sequential(nn.Linear(h, h), nn.SiLU(), nn.Linear(h, h))
         self.residual = nn.Sequential(nn.LayerNorm(h), nn.Linear(h, 2 * h), nn.SiLU(), nn.Linear(2 * h, h))
         self.ab_emb = nn.Embedding(2, h)
+        # one head per module type, shared by A and B (told apart by ab_emb); separate A/B biases
         self.heads = nn.ModuleList(
-            nn.Linear(h, cfg.rank * max(cfg.d_in[t], cfg.d_out[t])) for t in cfg.targets
+            nn.Linear(h, cfg.rank * max(cfg.d_in[t], cfg.d_out[t]), bias=False) for t in cfg.targets
         )
+        self.bias_a = nn.ParameterList()
+        self.bias_b = nn.ParameterList()
         for t, head in zip(cfg.targets, self.heads, strict=True):
             nn.init.zeros_(head.weight)
-            with torch.no_grad():  # bias-HyperInit: the A part of the bias is PEFT's A init
-                a = torch.empty(cfg.rank, cfg.d_in[t])
-                nn.init.kaiming_uniform_(a, a=math.sqrt(5))
-                head.bias.zero_()
-                head.bias[: a.numel()] = a.flatten()
+            a = torch.empty(cfg.rank, cfg.d_in[t])
+            nn.init.kaiming_uniform_(a, a=math.sqrt(5))  # bias-HyperInit: PEFT's A init, B = 0
+            self.bias_a.append(nn.Parameter(a))
+            self.bias_b.append(nn.Parameter(torch.zeros(cfg.d_out[t], cfg.rank)))
 
     def forward(self, emb: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Description embeddings ``[N, d_embed]`` -> per target, A ``[N, L, r, d_in]`` and B ``[N, L, d_out, r]``."""
@@ -128,8 +131,8 @@ class T2LHypernet(nn.Module):
             out_a = head(x + self.ab_emb.weight[0])
             out_b = head(x + self.ab_emb.weight[1])
             r, di, do = cfg.rank, cfg.d_in[t], cfg.d_out[t]
-            A[t] = out_a[..., : r * di].reshape(N, L, r, di)
-            B[t] = out_b[..., : do * r].reshape(N, L, do, r)
+            A[t] = out_a[..., : r * di].reshape(N, L, r, di) + self.bias_a[m]
+            B[t] = out_b[..., : do * r].reshape(N, L, do, r) + self.bias_b[m]
         return A, B
 
     def lora(self, emb: Tensor, index: Tensor | None = None) -> LoraWeights:
