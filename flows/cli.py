@@ -43,6 +43,9 @@ app.command("train-hypernet")(command(ml.train_hypernet))
 app.command("eval")(command(ml.evaluate))
 app.command("bench")(command(ml.bench))
 app.command("bench-pipeline")(command(bench_pipeline))
+app.command("train-t2l")(command(ml.train_t2l))
+app.command("eval-t2l")(command(ml.eval_t2l))
+app.command("text-to-lora")(command(ml.text_to_lora))
 corpus_app.command("build")(command(ml.corpus_build))
 
 # Answering from the knowledge base, and serving it.

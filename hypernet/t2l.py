@@ -217,3 +217,32 @@ def load_t2l(ckpt_dir: Path, device: str = "cpu", base: BaseModel | None = None)
     except RuntimeError as exc:
         raise T2LError(f"T2L checkpoint {path} does not match its config: {exc}") from exc
     return net.to(device).eval()
+
+
+CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"
+
+
+def shipped_checkpoint(base_model_id: str) -> Path:
+    """The T2L checkpoint shipped for a base model alias (``hypernet/checkpoints/t2l-<alias>``)."""
+    path = CHECKPOINTS_DIR / f"t2l-{base_model_id}"
+    if not (path / WEIGHTS_FILE).is_file():
+        raise T2LError(f"no T2L checkpoint is shipped for base model {base_model_id!r}; pass --checkpoint")
+    return path
+
+
+def description_lineage(description: str, net: T2LHypernet, ckpt_dir: Path, base: BaseModel) -> dict[str, Any]:
+    """What ``instill.json`` records for an instruction adapter: the text, the network, the base."""
+    import hashlib
+
+    return {
+        "kind": "instruction",
+        "generator": "t2l",
+        "description": description,
+        "description_sha256": hashlib.sha256(description.encode()).hexdigest(),
+        "t2l_checkpoint": str(ckpt_dir),
+        "t2l_checkpoint_sha256": sha256_files([Path(ckpt_dir) / WEIGHTS_FILE]),
+        "base_model_id": base.model_id,
+        "base_model_sha256": base.weights_sha256,
+        "targets": list(net.cfg.targets),
+        "rank": net.cfg.rank,
+    }
