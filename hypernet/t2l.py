@@ -153,8 +153,9 @@ class T2LHypernet(nn.Module):
 
 
 @torch.no_grad()
-def embed_descriptions(base: BaseModel, texts: list[str], layer: int = -1, batch: int = 16) -> Tensor:
-    """Mean-pooled hidden states (``hidden_states[layer]``) of the frozen base model over each text."""
+def pooled_states(base: BaseModel, texts: list[str], layers: list[int], batch: int = 16) -> Tensor:
+    """``[n, len(layers), d]``: each text's hidden states at ``layers`` (``hidden_states`` indices; -1
+    is the last, after the final norm) mean-pooled over its tokens, from the frozen base model."""
     if not texts:
         raise ValueError("embed_descriptions needs at least one description")
     tok, out = base.tokenizer, []
@@ -166,10 +167,15 @@ def embed_descriptions(base: BaseModel, texts: list[str], layer: int = -1, batch
         mask = enc["attention_mask"].to(base.device)
         hidden = base.model(
             input_ids=enc["input_ids"].to(base.device), attention_mask=mask, output_hidden_states=True
-        ).hidden_states[layer]
+        ).hidden_states
         w = mask[..., None].float()
-        out.append(((hidden.float() * w).sum(1) / w.sum(1)).cpu())
+        out.append(torch.stack([(hidden[i].float() * w).sum(1) / w.sum(1) for i in layers], dim=1).cpu())
     return torch.cat(out)
+
+
+def embed_descriptions(base: BaseModel, texts: list[str], layer: int = -1, batch: int = 16) -> Tensor:
+    """``[n, d]``: the description embeddings the network reads (``pooled_states`` at one layer)."""
+    return pooled_states(base, texts, [layer], batch)[:, 0]
 
 
 def describe_to_lora(base: BaseModel, net: T2LHypernet, description: str) -> LoraWeights:

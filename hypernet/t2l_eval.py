@@ -32,7 +32,7 @@ from hypernet.base_model import BaseModel, chat_ids
 from hypernet.batching import pad_id
 from hypernet.lora import LoraWeights, applied
 from hypernet.metrics import bootstrap_ci, general_texts, text_nll
-from hypernet.t2l import T2LHypernet, embed_descriptions
+from hypernet.t2l import T2LHypernet, embed_descriptions, pooled_states
 from hypernet.t2l_tasks import Behaviour, behaviour, behaviours
 from hypernet.t2l_train import train_oracle
 
@@ -46,7 +46,7 @@ class T2LEvalConfig:
                              "bullets", "xml", "date_iso", "num_words", "refuse_geo", "sentiment")  # fmt: skip
     unseen: tuple[str, ...] = ()  # empty: every held-out behaviour
     descriptions: int = 2  # held-out descriptions per behaviour
-    inputs: int = 3  # held-out inputs per description
+    inputs: int = 2  # held-out inputs per description
     max_new_tokens: int = 40
     batch: int = 16
     oracles: tuple[str, ...] = ("upper", "one_word", "json_answer", "one_word+upper")
@@ -55,6 +55,7 @@ class T2LEvalConfig:
     oracle_dir: str | None = None  # PEFT folders of trained oracles, reused when present
     preservation_adapters: int = 4
     preservation_tokens: int = 1024
+    probe_behaviours: int = 20  # encoder probe: behaviours, 6 training + 4 held-out descriptions each
     seed: int = 0
 
 
@@ -202,6 +203,27 @@ def preservation(base: BaseModel, net: T2LHypernet, cfg: T2LEvalConfig) -> dict[
             "nll_increase": round(statistics.mean(nlls) - plain, 4), "adapters": len(descs)}  # fmt: skip
 
 
+def encoder_probe(base: BaseModel, cfg: T2LEvalConfig) -> dict[str, float]:
+    """Which pooled layer tells behaviours apart: nearest-centroid accuracy of held-out descriptions
+    (centroids of 6 training descriptions per behaviour, cosine after LayerNorm), per layer."""
+    behs = behaviours("train")[: cfg.probe_behaviours]
+    train = [(k, d) for k, b in enumerate(behs) for d in b.descriptions("train")[::3][:6]]
+    held = [(k, d) for k, b in enumerate(behs) for d in b.descriptions("heldout")[:4]]
+    n_layers = base.model.config.num_hidden_layers
+    layers = sorted({1, n_layers // 4, n_layers // 2, 3 * n_layers // 4, -1})
+    states = pooled_states(base, [d for _, d in train + held], layers)
+    states = torch.nn.functional.normalize(torch.nn.functional.layer_norm(states, states.shape[-1:]), dim=-1)
+    tr, he = states[: len(train)], states[len(train) :]
+    labels_tr = torch.tensor([k for k, _ in train])
+    labels_he = torch.tensor([k for k, _ in held])
+    out = {}
+    for j, layer in enumerate(layers):
+        centroids = torch.stack([tr[labels_tr == k, j].mean(0) for k in range(len(behs))])
+        guess = (he[:, j] @ centroids.T).argmax(-1)
+        out[f"layer_{layer if layer >= 0 else n_layers}"] = round((guess == labels_he).float().mean().item(), 4)
+    return out
+
+
 def run_t2l_eval(base: BaseModel, net: T2LHypernet, cfg: T2LEvalConfig, log: Log, checkpoint: str = "") -> dict[str, Any]:
     start = time.perf_counter()
     result: dict[str, Any] = {"config": asdict(cfg), "checkpoint": checkpoint, "base_model": base.model_id,
@@ -220,6 +242,7 @@ def run_t2l_eval(base: BaseModel, net: T2LHypernet, cfg: T2LEvalConfig, log: Log
         result["sets"][split] = summary
         log({"kind": "t2l_eval", "set": split, "rates": {c: r["mean"] for c, r in summary["rates"].items()}})
     result["preservation"] = preservation(base, net, cfg)
+    result["encoder_probe"] = encoder_probe(base, cfg) if cfg.probe_behaviours else {}
     result["generation_seconds"] = {"median": round(statistics.median(seconds), 3), "max": round(max(seconds), 3)}
     result["minutes"] = round((time.perf_counter() - start) / 60, 2)
     return result
@@ -247,4 +270,7 @@ def to_markdown(result: dict[str, Any]) -> str:
     lines += ["", f"Preservation: general-text NLL {p['nll_base']:.3f} -> {p['nll_with_adapter']:.3f} "
               f"({p['nll_increase']:+.3f} nats, {p['adapters']} adapters). Generation: median "
               f"{result['generation_seconds']['median']:.2f} s per description."]  # fmt: skip
+    if result.get("encoder_probe"):
+        probe = ", ".join(f"{k} {v:.2f}" for k, v in result["encoder_probe"].items())
+        lines += ["", f"Encoder probe (nearest-centroid accuracy of held-out descriptions): {probe}."]
     return "\n".join(lines) + "\n"

@@ -9,13 +9,13 @@ import torch
 from hypernet.t2l import T2LConfig, T2LHypernet
 from hypernet.t2l_eval import T2LEvalConfig, examples, run_t2l_eval, summarise, to_markdown
 
-SMALL = T2LEvalConfig(seen=("upper", "one_word"), unseen=("one_word+upper",), descriptions=1, inputs=2,
+SMALL = T2LEvalConfig(seen=("upper", "one_word"), unseen=("one_word+upper",), descriptions=1, inputs=2, probe_behaviours=3,
                       max_new_tokens=6, oracles=("upper",), oracle_steps=2, preservation_adapters=1,
                       preservation_tokens=64)  # fmt: skip
 
 
 def test_examples_use_heldout_descriptions_and_another_behaviours_control() -> None:
-    exs = examples(T2LEvalConfig(descriptions=2, inputs=3), "seen")
+    exs = examples(T2LEvalConfig(descriptions=2, inputs=3), "seen")  # 12 behaviours x 2 x 3
     assert len(exs) == 12 * 6
     for e in exs:
         assert e.description in e.behaviour.descriptions("heldout")
@@ -44,7 +44,7 @@ def test_run_scores_every_condition_and_reuses_trained_oracles(tiny_base, tmp_pa
     assert all(0 <= r["ci_low"] <= r["mean"] <= r["ci_high"] <= 1 for r in seen["rates"].values())
     assert len(seen["samples"]) == 4 and "oracle" in seen["samples"][0]
     assert result["preservation"]["nll_increase"] == 0.0  # an untrained network is the identity
-    assert "| seen |" in to_markdown(result)
+    assert "| seen |" in to_markdown(result) and 0 <= result["encoder_probe"]["layer_2"] <= 1
     assert [r["behaviour"] for r in logs if r["kind"] == "oracle"] == ["upper"]
     again: list[dict] = []
     run_t2l_eval(tiny_base, net, cfg, again.append)
