@@ -224,8 +224,9 @@ def train_t2l(
         fail(str(exc))
     ce = result["heldout_ce"]
     out.print(
-        f"final checkpoint {result['final']} (sha256 {result['checkpoint_sha256'][:12]}), {result['steps']} steps "
-        f"on {result['device']}: held-out CE unseen descriptions {ce['ce_unseen_desc']:.3f} "
+        f"final checkpoint {result['final']} (sha256 {result['checkpoint_sha256'][:12]}), "
+        f"{result['steps']} steps on {result['device']}: held-out CE unseen descriptions "
+        f"{ce['ce_unseen_desc']:.3f} "
         f"(base {ce['ce_unseen_desc_base']:.3f}), unseen behaviours {ce['ce_unseen_behaviour']:.3f} "
         f"(base {ce['ce_unseen_behaviour_base']:.3f})",
         highlight=False,
@@ -256,7 +257,9 @@ def text_to_lora(
     """Turn a description of behaviour into a LoRA adapter (a PEFT folder) without training anything."""
     settings = settings_for(config)
     if not description.strip():
-        fail("the description is empty: say what behaviour the adapter should give, e.g. 'Answer in one word.'")
+        fail(
+            "the description is empty: say what behaviour the adapter should give, e.g. 'Answer in one word.'"
+        )
     from hypernet.adapter import save_adapter
     from hypernet.t2l import describe_to_lora, description_lineage
 

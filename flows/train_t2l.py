@@ -37,7 +37,8 @@ def train_t2l(
 
     from hypernet.base_model import sha256_files
     from hypernet.t2l import WEIGHTS_FILE
-    from hypernet.t2l_train import T2LTrainConfig, train_t2l as train
+    from hypernet.t2l_train import T2LTrainConfig
+    from hypernet.t2l_train import train_t2l as train
     from tasks.runtime import load_base
 
     settings = Settings()
@@ -64,5 +65,11 @@ def train_t2l(
     client.log_artifact(run_id, str(final / "t2l.json"))
     client.set_terminated(run_id)
     summary = json.loads((final / "t2l.json").read_text())["training"]
-    return {"final": str(final), "checkpoint_sha256": sha, "mlflow_run_id": run_id, "device": device,
-            "steps": summary["steps"], "heldout_ce": summary["heldout_ce"]}  # fmt: skip
+    return {
+        "final": str(final),
+        "checkpoint_sha256": sha,
+        "mlflow_run_id": run_id,
+        "device": device,
+        "steps": summary["steps"],
+        "heldout_ce": summary["heldout_ce"],
+    }

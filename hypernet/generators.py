@@ -282,7 +282,12 @@ class T2LGenerator:
 
     def _config(self) -> dict[str, Any]:
         c = self.net.cfg
-        return {"targets": list(c.targets), "rank": c.rank, "alpha": c.alpha, "encoder_layer": c.encoder_layer}
+        return {
+            "targets": list(c.targets),
+            "rank": c.rank,
+            "alpha": c.alpha,
+            "encoder_layer": c.encoder_layer,
+        }
 
     def fingerprint(self) -> str:
         return fingerprint_of(self.name, self.base, self._config(), self.checkpoint_sha)
@@ -296,7 +301,9 @@ class T2LGenerator:
             raise ValueError("the instruction is empty: nothing to turn into an adapter")
         notes = []
         if len(description) > self.max_chars:
-            notes.append(f"instruction truncated to its first {self.max_chars} of {len(description)} characters")
+            notes.append(
+                f"instruction truncated to its first {self.max_chars} of {len(description)} characters"
+            )
             description = description[: self.max_chars]
         start = time.perf_counter()
         weights = describe_to_lora(self.base, self.net, description)
@@ -309,7 +316,9 @@ def _build_t2l(base: BaseModel, options: dict[str, Any]) -> Generator:
     if unknown:
         raise GeneratorError(f"generator 't2l': unknown option(s) {unknown}; known: ['checkpoint']")
     try:
-        folder = Path(options["checkpoint"]) if options.get("checkpoint") else shipped_checkpoint(base.model_id)
+        folder = (
+            Path(options["checkpoint"]) if options.get("checkpoint") else shipped_checkpoint(base.model_id)
+        )
         net = load_t2l(folder, base.device, base=base)
     except T2LError as exc:
         raise GeneratorError(f"generator 't2l': {exc}") from exc

@@ -76,7 +76,9 @@ class T2LConfig:
             first = next(iter(found.values()))
             d_in[t], d_out[t] = first.in_features, first.out_features
         cfg = model.config
-        return cls(targets=targets, module_paths=paths, d_in=d_in, d_out=d_out, d_embed=cfg.hidden_size, **overrides)
+        return cls(
+            targets=targets, module_paths=paths, d_in=d_in, d_out=d_out, d_embed=cfg.hidden_size, **overrides
+        )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> T2LConfig:
@@ -113,7 +115,7 @@ class T2LHypernet(nn.Module):
             self.bias_b.append(nn.Parameter(torch.zeros(cfg.d_out[t], cfg.rank)))
 
     def forward(self, emb: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """Description embeddings ``[N, d_embed]`` -> per target, A ``[N, L, r, d_in]`` and B ``[N, L, d_out, r]``."""
+        """Embeddings ``[N, d_embed]`` -> per target, A ``[N, L, r, d_in]`` and B ``[N, L, d_out, r]``."""
         cfg, N, L = self.cfg, emb.shape[0], self.cfg.n_layers
         d = self.desc_proj(F.layer_norm(emb.float(), emb.shape[-1:]))  # [N, h/2]
         A, B = {}, {}
@@ -236,7 +238,9 @@ def shipped_checkpoint(base_model_id: str) -> Path:
     return path
 
 
-def description_lineage(description: str, net: T2LHypernet, ckpt_dir: Path, base: BaseModel) -> dict[str, Any]:
+def description_lineage(
+    description: str, net: T2LHypernet, ckpt_dir: Path, base: BaseModel
+) -> dict[str, Any]:
     """What ``instill.json`` records for an instruction adapter: the text, the network, the base."""
     import hashlib
 

@@ -42,8 +42,20 @@ CONDITIONS = ("base", "prompt", "t2l", "random", "oracle")
 
 @dataclass(frozen=True)
 class T2LEvalConfig:
-    seen: tuple[str, ...] = ("upper", "one_word", "json_answer", "lower", "prefix_sure", "suffix_hope",
-                             "bullets", "xml", "date_iso", "num_words", "refuse_geo", "sentiment")  # fmt: skip
+    seen: tuple[str, ...] = (
+        "upper",
+        "one_word",
+        "json_answer",
+        "lower",
+        "prefix_sure",
+        "suffix_hope",
+        "bullets",
+        "xml",
+        "date_iso",
+        "num_words",
+        "refuse_geo",
+        "sentiment",
+    )
     unseen: tuple[str, ...] = ()  # empty: every held-out behaviour
     descriptions: int = 2  # held-out descriptions per behaviour
     inputs: int = 2  # held-out inputs per description
@@ -94,11 +106,20 @@ def greedy(base: BaseModel, users: list[str], weights: LoraWeights | None, cfg: 
         mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=base.device)
         w = weights
         if w is not None and next(iter(w.A.values())).dim() == 3:
-            w = LoraWeights({k: v[s : s + cfg.batch] for k, v in w.A.items()},
-                            {k: v[s : s + cfg.batch] for k, v in w.B.items()}, w.scaling)  # fmt: skip
+            w = LoraWeights(
+                {k: v[s : s + cfg.batch] for k, v in w.A.items()},
+                {k: v[s : s + cfg.batch] for k, v in w.B.items()},
+                w.scaling,
+            )
         with applied(base.model, w):
-            gen = base.model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=cfg.max_new_tokens,
-                                      do_sample=False, eos_token_id=tok.eos_token_id, pad_token_id=pad)  # fmt: skip
+            gen = base.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=cfg.max_new_tokens,
+                do_sample=False,
+                eos_token_id=tok.eos_token_id,
+                pad_token_id=pad,
+            )
         out += [tok.decode(row[width:], skip_special_tokens=True).strip() for row in gen]
     return out
 
@@ -120,8 +141,13 @@ def generated(base: BaseModel, net: T2LHypernet, descriptions: list[str]) -> tup
 def oracle_for(base: BaseModel, name: str, cfg: T2LEvalConfig, log: Log) -> LoraWeights:
     """The oracle LoRA of one behaviour: loaded from ``oracle_dir`` when trained alike, else trained."""
     folder = Path(cfg.oracle_dir) / name if cfg.oracle_dir else None
-    recipe = {"behaviour": name, "steps": cfg.oracle_steps, "lr": cfg.oracle_lr, "seed": cfg.seed,
-              "base_model_sha256": base.weights_sha256}  # fmt: skip
+    recipe = {
+        "behaviour": name,
+        "steps": cfg.oracle_steps,
+        "lr": cfg.oracle_lr,
+        "seed": cfg.seed,
+        "base_model_sha256": base.weights_sha256,
+    }
     if folder is not None and (folder / "adapter_config.json").is_file():
         try:
             if read_lineage(folder).get("oracle") == recipe:
@@ -136,14 +162,18 @@ def oracle_for(base: BaseModel, name: str, cfg: T2LEvalConfig, log: Log) -> Lora
     return weights
 
 
-def compliance(base: BaseModel, net: T2LHypernet, exs: list[Example], cfg: T2LEvalConfig, log: Log) -> dict[str, Any]:
+def compliance(
+    base: BaseModel, net: T2LHypernet, exs: list[Example], cfg: T2LEvalConfig, log: Log
+) -> dict[str, Any]:
     """Per condition: each example's compliance (1/0) and output, in example order."""
     users = [e.item.question for e in exs]
     own, seconds = generated(base, net, [e.description for e in exs])
     rand, _ = generated(base, net, [e.random_description for e in exs])
     outputs = {
         "base": greedy(base, users, None, cfg),
-        "prompt": greedy(base, [f"{e.description}\n\n{u}" for e, u in zip(exs, users, strict=True)], None, cfg),
+        "prompt": greedy(
+            base, [f"{e.description}\n\n{u}" for e, u in zip(exs, users, strict=True)], None, cfg
+        ),
         "t2l": greedy(base, users, own, cfg),
         "random": greedy(base, users, rand, cfg),
     }
@@ -155,7 +185,10 @@ def compliance(base: BaseModel, net: T2LHypernet, exs: list[Example], cfg: T2LEv
             oracle_out[i] = a
     outputs["oracle"] = oracle_out
     scores = {
-        c: [None if o is None else int(e.behaviour.complies(e.item, o)) for e, o in zip(exs, outs, strict=True)]
+        c: [
+            None if o is None else int(e.behaviour.complies(e.item, o))
+            for e, o in zip(exs, outs, strict=True)
+        ]
         for c, outs in outputs.items()
     }
     return {"outputs": outputs, "scores": scores, "gen_seconds": seconds}
@@ -163,12 +196,19 @@ def compliance(base: BaseModel, net: T2LHypernet, exs: list[Example], cfg: T2LEv
 
 def _rate(values: list[int]) -> dict[str, float]:
     lo, hi = bootstrap_ci(values)
-    return {"mean": round(sum(values) / len(values), 4), "ci_low": round(lo, 4), "ci_high": round(hi, 4), "n": len(values)}
+    return {
+        "mean": round(sum(values) / len(values), 4),
+        "ci_low": round(lo, 4),
+        "ci_high": round(hi, 4),
+        "n": len(values),
+    }
 
 
 def summarise(exs: list[Example], scores: dict[str, list[int | None]]) -> dict[str, Any]:
     """Rates per condition, paired differences, the oracle ratio on the oracle's behaviours, per behaviour."""
-    rates = {c: _rate([s for s in v if s is not None]) for c, v in scores.items() if any(s is not None for s in v)}
+    rates = {
+        c: _rate([s for s in v if s is not None]) for c, v in scores.items() if any(s is not None for s in v)
+    }
     diffs = {}
     for other in ("base", "random", "prompt"):
         d = [a - b for a, b in zip(scores["t2l"], scores[other], strict=True)]
@@ -178,8 +218,12 @@ def summarise(exs: list[Example], scores: dict[str, list[int | None]]) -> dict[s
     if with_oracle:
         t2l = [scores["t2l"][i] for i in with_oracle]
         orc = [scores["oracle"][i] for i in with_oracle]
-        oracle_pair = {"t2l": _rate(t2l), "oracle": _rate(orc), "prompt": _rate([scores["prompt"][i] for i in with_oracle]),
-                       "ratio_t2l_over_oracle": round(sum(t2l) / max(sum(orc), 1), 4)}  # fmt: skip
+        oracle_pair = {
+            "t2l": _rate(t2l),
+            "oracle": _rate(orc),
+            "prompt": _rate([scores["prompt"][i] for i in with_oracle]),
+            "ratio_t2l_over_oracle": round(sum(t2l) / max(sum(orc), 1), 4),
+        }
     per_beh: dict[str, dict[str, float]] = {}
     for c, v in scores.items():
         for e, s in zip(exs, v, strict=True):
@@ -197,10 +241,18 @@ def preservation(base: BaseModel, net: T2LHypernet, cfg: T2LEvalConfig) -> dict[
     adapters, _ = generated(base, net, descs)
     nlls = []
     for i in range(len(descs)):
-        one = LoraWeights({k: v[i] for k, v in adapters.A.items()}, {k: v[i] for k, v in adapters.B.items()}, adapters.scaling)
+        one = LoraWeights(
+            {k: v[i] for k, v in adapters.A.items()},
+            {k: v[i] for k, v in adapters.B.items()},
+            adapters.scaling,
+        )
         nlls.append(text_nll(base, texts, one, cfg.preservation_tokens))
-    return {"nll_base": round(plain, 4), "nll_with_adapter": round(statistics.mean(nlls), 4),
-            "nll_increase": round(statistics.mean(nlls) - plain, 4), "adapters": len(descs)}  # fmt: skip
+    return {
+        "nll_base": round(plain, 4),
+        "nll_with_adapter": round(statistics.mean(nlls), 4),
+        "nll_increase": round(statistics.mean(nlls) - plain, 4),
+        "adapters": len(descs),
+    }
 
 
 def encoder_probe(base: BaseModel, cfg: T2LEvalConfig) -> dict[str, float]:
@@ -220,14 +272,24 @@ def encoder_probe(base: BaseModel, cfg: T2LEvalConfig) -> dict[str, float]:
     for j, layer in enumerate(layers):
         centroids = torch.stack([tr[labels_tr == k, j].mean(0) for k in range(len(behs))])
         guess = (he[:, j] @ centroids.T).argmax(-1)
-        out[f"layer_{layer if layer >= 0 else n_layers}"] = round((guess == labels_he).float().mean().item(), 4)
+        out[f"layer_{layer if layer >= 0 else n_layers}"] = round(
+            (guess == labels_he).float().mean().item(), 4
+        )
     return out
 
 
-def run_t2l_eval(base: BaseModel, net: T2LHypernet, cfg: T2LEvalConfig, log: Log, checkpoint: str = "") -> dict[str, Any]:
+def run_t2l_eval(
+    base: BaseModel, net: T2LHypernet, cfg: T2LEvalConfig, log: Log, checkpoint: str = ""
+) -> dict[str, Any]:
     start = time.perf_counter()
-    result: dict[str, Any] = {"config": asdict(cfg), "checkpoint": checkpoint, "base_model": base.model_id,
-                              "threads": torch.get_num_threads(), "device": str(base.device), "sets": {}}  # fmt: skip
+    result: dict[str, Any] = {
+        "config": asdict(cfg),
+        "checkpoint": checkpoint,
+        "base_model": base.model_id,
+        "threads": torch.get_num_threads(),
+        "device": str(base.device),
+        "sets": {},
+    }
     seconds: list[float] = []
     for split in ("seen", "unseen"):
         exs = examples(cfg, split)
@@ -243,7 +305,10 @@ def run_t2l_eval(base: BaseModel, net: T2LHypernet, cfg: T2LEvalConfig, log: Log
         log({"kind": "t2l_eval", "set": split, "rates": {c: r["mean"] for c, r in summary["rates"].items()}})
     result["preservation"] = preservation(base, net, cfg)
     result["encoder_probe"] = encoder_probe(base, cfg) if cfg.probe_behaviours else {}
-    result["generation_seconds"] = {"median": round(statistics.median(seconds), 3), "max": round(max(seconds), 3)}
+    result["generation_seconds"] = {
+        "median": round(statistics.median(seconds), 3),
+        "max": round(max(seconds), 3),
+    }
     result["minutes"] = round((time.perf_counter() - start) / 60, 2)
     return result
 
@@ -254,22 +319,33 @@ def to_markdown(result: dict[str, Any]) -> str:
         cells = []
         for c in CONDITIONS:
             r = s["rates"].get(c)
-            cells.append(f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] (n={r['n']})" if r else "-")
+            cells.append(
+                f"{r['mean']:.2f} [{r['ci_low']:.2f}, {r['ci_high']:.2f}] (n={r['n']})" if r else "-"
+            )
         lines.append(f"| {split} | " + " | ".join(cells) + " |")
     lines += ["", "| set | difference | mean [95% CI] |", "|---|---|---|"]
     for split, s in result["sets"].items():
         for k, r in s["differences"].items():
             lines.append(f"| {split} | {k} | {r['mean']:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}] |")
-    lines += ["", "| set | on the oracle's behaviours | t2l | oracle | prompt | t2l / oracle |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| set | on the oracle's behaviours | t2l | oracle | prompt | t2l / oracle |",
+        "|---|---|---|---|---|---|",
+    ]
     for split, s in result["sets"].items():
         o = s["oracle_behaviours"]
         if o:
-            lines.append(f"| {split} | {len(s['per_behaviour'])} behaviours | {o['t2l']['mean']:.2f} | "
-                         f"{o['oracle']['mean']:.2f} | {o['prompt']['mean']:.2f} | {o['ratio_t2l_over_oracle']:.2f} |")  # fmt: skip
+            lines.append(
+                f"| {split} | {len(s['per_behaviour'])} behaviours | {o['t2l']['mean']:.2f} | "
+                f"{o['oracle']['mean']:.2f} | {o['prompt']['mean']:.2f} | {o['ratio_t2l_over_oracle']:.2f} |"
+            )
     p = result["preservation"]
-    lines += ["", f"Preservation: general-text NLL {p['nll_base']:.3f} -> {p['nll_with_adapter']:.3f} "
-              f"({p['nll_increase']:+.3f} nats, {p['adapters']} adapters). Generation: median "
-              f"{result['generation_seconds']['median']:.2f} s per description."]  # fmt: skip
+    lines += [
+        "",
+        f"Preservation: general-text NLL {p['nll_base']:.3f} -> {p['nll_with_adapter']:.3f} "
+        f"({p['nll_increase']:+.3f} nats, {p['adapters']} adapters). Generation: median "
+        f"{result['generation_seconds']['median']:.2f} s per description.",
+    ]
     if result.get("encoder_probe"):
         probe = ", ".join(f"{k} {v:.2f}" for k, v in result["encoder_probe"].items())
         lines += ["", f"Encoder probe (nearest-centroid accuracy of held-out descriptions): {probe}."]

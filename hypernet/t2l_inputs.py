@@ -31,44 +31,137 @@ class Item:
 
 
 _CAPITALS = {
-    "France": "Paris", "Italy": "Rome", "Spain": "Madrid", "Germany": "Berlin", "Japan": "Tokyo",
-    "Egypt": "Cairo", "Peru": "Lima", "Kenya": "Nairobi", "Norway": "Oslo", "Greece": "Athens",
-    "Russia": "Moscow", "Austria": "Vienna", "Ireland": "Dublin", "Portugal": "Lisbon", "Cuba": "Havana",
-    "Poland": "Warsaw", "Sweden": "Stockholm", "Finland": "Helsinki", "Chile": "Santiago",
-    "Thailand": "Bangkok", "Canada": "Ottawa", "China": "Beijing", "Hungary": "Budapest",
-    "Denmark": "Copenhagen", "Belgium": "Brussels", "Turkey": "Ankara", "Iran": "Tehran",
-}  # fmt: skip
+    "France": "Paris",
+    "Italy": "Rome",
+    "Spain": "Madrid",
+    "Germany": "Berlin",
+    "Japan": "Tokyo",
+    "Egypt": "Cairo",
+    "Peru": "Lima",
+    "Kenya": "Nairobi",
+    "Norway": "Oslo",
+    "Greece": "Athens",
+    "Russia": "Moscow",
+    "Austria": "Vienna",
+    "Ireland": "Dublin",
+    "Portugal": "Lisbon",
+    "Cuba": "Havana",
+    "Poland": "Warsaw",
+    "Sweden": "Stockholm",
+    "Finland": "Helsinki",
+    "Chile": "Santiago",
+    "Thailand": "Bangkok",
+    "Canada": "Ottawa",
+    "China": "Beijing",
+    "Hungary": "Budapest",
+    "Denmark": "Copenhagen",
+    "Belgium": "Brussels",
+    "Turkey": "Ankara",
+    "Iran": "Tehran",
+}
 _COLOURS = {
-    "the sky on a clear day": "blue", "fresh grass": "green", "snow": "white", "a ripe banana": "yellow",
-    "coal": "black", "a ripe tomato": "red", "a carrot": "orange", "a lemon": "yellow",
-    "milk": "white", "a crow": "black", "an emerald": "green", "a ruby": "red", "chocolate": "brown",
-    "a plum": "purple", "a pumpkin": "orange", "the sea": "blue",
-}  # fmt: skip
+    "the sky on a clear day": "blue",
+    "fresh grass": "green",
+    "snow": "white",
+    "a ripe banana": "yellow",
+    "coal": "black",
+    "a ripe tomato": "red",
+    "a carrot": "orange",
+    "a lemon": "yellow",
+    "milk": "white",
+    "a crow": "black",
+    "an emerald": "green",
+    "a ruby": "red",
+    "chocolate": "brown",
+    "a plum": "purple",
+    "a pumpkin": "orange",
+    "the sea": "blue",
+}
 _OPPOSITES = {
-    "hot": "cold", "big": "small", "fast": "slow", "up": "down", "happy": "sad", "light": "dark",
-    "early": "late", "open": "closed", "full": "empty", "strong": "weak", "old": "new", "high": "low",
-    "hard": "soft", "wet": "dry", "rich": "poor", "loud": "quiet",
-}  # fmt: skip
-NUMBER_WORDS = (
-    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
-    "sixteen seventeen eighteen nineteen twenty"
-).split()
-MONTHS = "January February March April May June July August September October November December".split()
+    "hot": "cold",
+    "big": "small",
+    "fast": "slow",
+    "up": "down",
+    "happy": "sad",
+    "light": "dark",
+    "early": "late",
+    "open": "closed",
+    "full": "empty",
+    "strong": "weak",
+    "old": "new",
+    "high": "low",
+    "hard": "soft",
+    "wet": "dry",
+    "rich": "poor",
+    "loud": "quiet",
+}
+NUMBER_WORDS = [
+    "zero",
+    "one",
+    "two",
+    "three",
+    "four",
+    "five",
+    "six",
+    "seven",
+    "eight",
+    "nine",
+    "ten",
+    "eleven",
+    "twelve",
+    "thirteen",
+    "fourteen",
+    "fifteen",
+    "sixteen",
+    "seventeen",
+    "eighteen",
+    "nineteen",
+    "twenty",
+]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 _EVENTS = ["the meeting", "the concert", "the wedding", "the launch", "the exam", "the trip", "the match"]
 _SUBJECTS = ["The film", "The hotel", "The meal", "The book", "The service", "The concert", "The game"]
 _POSITIVE = ["wonderful", "excellent", "delightful", "fantastic", "great", "lovely", "superb"]
 _NEGATIVE = ["terrible", "awful", "boring", "disappointing", "horrible", "dreadful", "poor"]
 _TOPICS = {
-    "sports": ["The team won the match in the last minute.", "She ran the marathon in three hours.",
-               "The striker scored two goals.", "He trained at the tennis club all week.",
-               "The cyclists raced up the mountain.", "Our swimmer broke the national record."],
-    "food": ["The soup needs more salt and pepper.", "We baked fresh bread this morning.",
-             "The pasta was cooked with garlic and basil.", "She ordered a salad with grilled fish.",
-             "He made pancakes with honey for breakfast.", "The chef roasted the chicken slowly."],
-    "weather": ["Heavy rain is expected tomorrow afternoon.", "The wind blew hard all night.",
-                "It was sunny and warm at the beach.", "Snow covered the roads this morning.",
-                "A storm is moving in from the west.", "The fog lifted before noon."],
-}  # fmt: skip
+    "sports": [
+        "The team won the match in the last minute.",
+        "She ran the marathon in three hours.",
+        "The striker scored two goals.",
+        "He trained at the tennis club all week.",
+        "The cyclists raced up the mountain.",
+        "Our swimmer broke the national record.",
+    ],
+    "food": [
+        "The soup needs more salt and pepper.",
+        "We baked fresh bread this morning.",
+        "The pasta was cooked with garlic and basil.",
+        "She ordered a salad with grilled fish.",
+        "He made pancakes with honey for breakfast.",
+        "The chef roasted the chicken slowly.",
+    ],
+    "weather": [
+        "Heavy rain is expected tomorrow afternoon.",
+        "The wind blew hard all night.",
+        "It was sunny and warm at the beach.",
+        "Snow covered the roads this morning.",
+        "A storm is moving in from the west.",
+        "The fog lifted before noon.",
+    ],
+}
 
 
 def _qa_items() -> list[Item]:
@@ -91,7 +184,9 @@ def _maths_items() -> list[Item]:
     rng, items = random.Random("t2l:maths"), []
     for _ in range(40):
         a, b = rng.randint(1, 10), rng.randint(1, 10)
-        items.append(Item(f"What is {a} plus {b}?", str(a + b), f"{a} plus {b} is {a + b}.", "maths", str(a + b)))
+        items.append(
+            Item(f"What is {a} plus {b}?", str(a + b), f"{a} plus {b} is {a + b}.", "maths", str(a + b))
+        )
     return items
 
 
@@ -102,9 +197,14 @@ def _date_items() -> list[Item]:
         event = rng.choice(_EVENTS)
         spoken = f"{MONTHS[m - 1]} {d}, {y}"
         items.append(
-            Item(f"When is {event}? It is on {spoken}.", spoken, f"{event[0].upper()}{event[1:]} is on {spoken}.",
-                 "dates", f"{y:04d}-{m:02d}-{d:02d}")
-        )  # fmt: skip
+            Item(
+                f"When is {event}? It is on {spoken}.",
+                spoken,
+                f"{event[0].upper()}{event[1:]} is on {spoken}.",
+                "dates",
+                f"{y:04d}-{m:02d}-{d:02d}",
+            )
+        )
     return items
 
 
@@ -112,8 +212,15 @@ def _unit_items() -> list[Item]:
     rng, items = random.Random("t2l:units"), []
     for _ in range(40):
         n = rng.randint(2, 40)
-        items.append(Item(f"How many centimetres are in {n} metres?", str(100 * n),
-                          f"There are {100 * n} centimetres in {n} metres.", "units", str(100 * n)))  # fmt: skip
+        items.append(
+            Item(
+                f"How many centimetres are in {n} metres?",
+                str(100 * n),
+                f"There are {100 * n} centimetres in {n} metres.",
+                "units",
+                str(100 * n),
+            )
+        )
     return items
 
 
@@ -138,15 +245,22 @@ def _yesno_items() -> list[Item]:
             return_cap, label = caps[(i + 3) % len(caps)][1], "no"
         else:
             return_cap, label = cap, "yes"
-        items.append(Item(f"Is {return_cap} the capital of {country}?", label.capitalize(), label, "yesno", label))
+        items.append(
+            Item(f"Is {return_cap} the capital of {country}?", label.capitalize(), label, "yesno", label)
+        )
     rng.shuffle(items)
     return items
 
 
 _BUILDERS = {
-    "qa": _qa_items, "maths": _maths_items, "dates": _date_items, "units": _unit_items, "sentiment": _sentiment_items,
-    "topic": _topic_items, "yesno": _yesno_items,
-}  # fmt: skip
+    "qa": _qa_items,
+    "maths": _maths_items,
+    "dates": _date_items,
+    "units": _unit_items,
+    "sentiment": _sentiment_items,
+    "topic": _topic_items,
+    "yesno": _yesno_items,
+}
 
 
 @cache

@@ -18,8 +18,8 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import os
 import math
+import os
 import random
 import shutil
 import time
@@ -71,8 +71,14 @@ class T2LTrainConfig:
     stop_at_step: int | None = None
 
     def __post_init__(self) -> None:
-        checks = {"steps": self.steps >= 1, "batch_tasks": self.batch_tasks >= 1, "per_task": self.per_task >= 1,
-                  "lr": self.lr > 0, "rank": self.rank >= 1, "max_target_tokens": self.max_target_tokens >= 1}  # fmt: skip
+        checks = {
+            "steps": self.steps >= 1,
+            "batch_tasks": self.batch_tasks >= 1,
+            "per_task": self.per_task >= 1,
+            "lr": self.lr > 0,
+            "rank": self.rank >= 1,
+            "max_target_tokens": self.max_target_tokens >= 1,
+        }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"T2LTrainConfig: invalid value for {', '.join(bad)}")
@@ -102,7 +108,10 @@ def sft_loss(base: BaseModel, batch: list[Example], weights: LoraWeights | None)
     dev = base.device
     with applied(base.model, weights):
         logits = base.model(
-            input_ids=ids.to(dev), attention_mask=mask.to(dev), logits_to_keep=predict.to(dev), use_cache=False
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            logits_to_keep=predict.to(dev),
+            use_cache=False,
         ).logits  # [M, V]
     gold = torch.tensor([tok for _, t in seqs for tok in t], device=dev)
     nll = F.cross_entropy(logits.float(), gold, reduction="none")
@@ -133,7 +142,9 @@ def build_data(base: BaseModel, encoder_layer: int, cache_dir: Path | None, seed
     train = [(b, add(b.descriptions("train"))) for b in behaviours("train")]
     val = {
         "unseen_desc": [(b, add([rng.choice(b.descriptions("heldout"))])) for b in behaviours("train")],
-        "unseen_behaviour": [(b, add([rng.choice(b.descriptions("heldout"))])) for b in behaviours("heldout")],
+        "unseen_behaviour": [
+            (b, add([rng.choice(b.descriptions("heldout"))])) for b in behaviours("heldout")
+        ],
     }
     return Data(texts, cached_embeddings(base, texts, encoder_layer, cache_dir), train, val)
 
@@ -177,7 +188,9 @@ def net_loss(run: Run, batch: list[Example]) -> tuple[Tensor, dict[str, float]]:
     uniq, inverse = torch.unique(index, return_inverse=True)
     weights = run.net.lora(run.data.emb[uniq].to(run.base.device), inverse.to(run.base.device))
     ce = sft_loss(run.base, batch, weights)
-    l2 = sum(a.pow(2).mean() + b.pow(2).mean() for a, b in zip(weights.A.values(), weights.B.values(), strict=True))
+    l2 = sum(
+        a.pow(2).mean() + b.pow(2).mean() for a, b in zip(weights.A.values(), weights.B.values(), strict=True)
+    )
     l2 = l2 / len(weights.A)
     return ce + run.cfg.w_l2 * l2, {"ce": ce.item(), "l2": l2.item()}
 
@@ -201,15 +214,27 @@ class Run:
 def setup(cfg: T2LTrainConfig, base: BaseModel, out_dir: Path, log: Log) -> Run:
     torch.manual_seed(cfg.seed)
     net_cfg = T2LConfig.from_base_model(
-        base.model, targets=cfg.targets, latent=cfg.latent, rank=cfg.rank, alpha=cfg.alpha,
-        encoder_layer=cfg.encoder_layer, base_model_id=base.model_id, base_weights_sha256=base.weights_sha256,
-    )  # fmt: skip
+        base.model,
+        targets=cfg.targets,
+        latent=cfg.latent,
+        rank=cfg.rank,
+        alpha=cfg.alpha,
+        encoder_layer=cfg.encoder_layer,
+        base_model_id=base.model_id,
+        base_weights_sha256=base.weights_sha256,
+    )
     net = T2LHypernet(net_cfg).to(base.device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = time.perf_counter()
     data = build_data(base, cfg.encoder_layer, Path(out_dir) / "cache", cfg.seed)
-    log({"kind": "data", "descriptions": len(data.texts), "train_behaviours": len(data.train),
-         "seconds": round(time.perf_counter() - start, 1)})  # fmt: skip
+    log(
+        {
+            "kind": "data",
+            "descriptions": len(data.texts),
+            "train_behaviours": len(data.train),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
+    )
     run = Run(cfg, base, net, opt, data, Path(out_dir), log)
     if (run.out_dir / "checkpoint" / "trainer.json").is_file():
         load_checkpoint(run, run.out_dir / "checkpoint")
@@ -254,7 +279,10 @@ def fit(run: Run) -> None:
         if run.step % cfg.log_every == 0 or run.step == stop:
             means = {k: round(sum(s[k] for s in window) / len(window), 4) for k in window[0]}
             sec = round((time.perf_counter() - tick) / len(window), 2)
-            run.log({"kind": "train", "step": run.step, "lr": lr_at(cfg, run.step - 1), "sec_per_step": sec} | means)
+            run.log(
+                {"kind": "train", "step": run.step, "lr": lr_at(cfg, run.step - 1), "sec_per_step": sec}
+                | means
+            )
             window, tick = [], time.perf_counter()
         if cfg.eval_every and run.step % cfg.eval_every == 0:
             run.log(validate(run))
@@ -320,10 +348,14 @@ def train_t2l(cfg: T2LTrainConfig, base: BaseModel, out_dir: Path, log: Log, com
     final_eval = validate(run)
     log(final_eval | {"kind": "final"})
     summary = {
-        "steps": run.step, "minutes_this_session": round((time.perf_counter() - start) / 60, 2),
-        "threads": torch.get_num_threads(), "device": str(base.device), "train_config": cfg.to_dict(),
-        "command": command, "heldout_ce": final_eval,
-    }  # fmt: skip
+        "steps": run.step,
+        "minutes_this_session": round((time.perf_counter() - start) / 60, 2),
+        "threads": torch.get_num_threads(),
+        "device": str(base.device),
+        "train_config": cfg.to_dict(),
+        "command": command,
+        "heldout_ce": final_eval,
+    }
     save_t2l(run.net, out_dir / "final", training=summary)
     return out_dir / "final"
 
@@ -331,7 +363,9 @@ def train_t2l(cfg: T2LTrainConfig, base: BaseModel, out_dir: Path, log: Log, com
 # ---------------------------------------------------------------- the oracle
 
 
-def lora_init(base: BaseModel, targets: list[str], rank: int, seed: int) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+def lora_init(
+    base: BaseModel, targets: list[str], rank: int, seed: int
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
     """PEFT's LoRA initialisation (A Kaiming-uniform, B zero) for every ``targets`` module, trainable."""
     from hypernet.lora import target_linears
 
@@ -340,15 +374,26 @@ def lora_init(base: BaseModel, targets: list[str], rank: int, seed: int) -> tupl
     for t in targets:
         for path, lin in target_linears(base.model, t).items():
             bound = 1 / math.sqrt(lin.in_features)
-            A[path] = ((torch.rand(rank, lin.in_features, generator=gen) * 2 - 1) * bound).to(base.device).requires_grad_()
+            A[path] = (
+                ((torch.rand(rank, lin.in_features, generator=gen) * 2 - 1) * bound)
+                .to(base.device)
+                .requires_grad_()
+            )
             B[path] = torch.zeros(lin.out_features, rank, device=base.device, requires_grad=True)
     return A, B
 
 
 def train_oracle(
-    base: BaseModel, beh: Behaviour, steps: int = 60, batch: int = 8, lr: float = 3e-3,
-    rank: int = 8, alpha: float = 16.0, targets: tuple[str, ...] = ("q_proj", "v_proj"), seed: int = 0,
-) -> LoraWeights:  # fmt: skip
+    base: BaseModel,
+    beh: Behaviour,
+    steps: int = 60,
+    batch: int = 8,
+    lr: float = 3e-3,
+    rank: int = 8,
+    alpha: float = 16.0,
+    targets: tuple[str, ...] = ("q_proj", "v_proj"),
+    seed: int = 0,
+) -> LoraWeights:
     """A LoRA for one behaviour, trained by SFT directly on its training inputs (the oracle)."""
     A, B = lora_init(base, list(targets), rank, seed)
     opt = torch.optim.AdamW(list(A.values()) + list(B.values()), lr=lr, weight_decay=0.0)
@@ -379,7 +424,9 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     cfg = T2LTrainConfig(**parse_overrides(args.set))
     base = load_base_model(args.base, args.model_cache, device=None)
-    command = "python -m hypernet.t2l_train " + " ".join(argv if argv is not None else __import__("sys").argv[1:])
+    command = "python -m hypernet.t2l_train " + " ".join(
+        argv if argv is not None else __import__("sys").argv[1:]
+    )
     final = train_t2l(cfg, base, args.out, lambda r: print(json.dumps(r), flush=True), command=command)
     print(f"final checkpoint: {final}", flush=True)
 

@@ -222,7 +222,9 @@ def generate_file(settings: Settings, cfg: GeneratorConfig, doc_file: Path, out_
     gen = build_generator(settings, cfg)
     given = parsed.text[:MAX_GENERATOR_CHARS]
     result = gen.generate(given, progress=_progress_logger(doc_file.name))
-    lineage = _file_lineage(doc_file, data, parsed.text_sha256, f"{parsed.parser} {parsed.parser_version}", gen)
+    lineage = _file_lineage(
+        doc_file, data, parsed.text_sha256, f"{parsed.parser} {parsed.parser_version}", gen
+    )
     sha = _save(result, gen, out_dir, lineage)
     return {"generator": gen.name, "seconds": result.seconds, "adapter_sha256": sha}
 
@@ -249,6 +251,10 @@ def _file_lineage(doc_file: Path, data: bytes, text_sha256: str, parser: str, ge
     return _lineage(
         {"path": str(doc_file.resolve())},
         {"raw_sha256": hashlib.sha256(data).hexdigest(), "text_sha256": text_sha256, "parser": parser},
-        {"kind": gen.name, "fingerprint": gen.fingerprint(), "checkpoint_sha256": info.get("checkpoint_sha256")},
+        {
+            "kind": gen.name,
+            "fingerprint": gen.fingerprint(),
+            "checkpoint_sha256": info.get("checkpoint_sha256"),
+        },
         {"id": info["base_model_id"], "sha256": info["base_model_sha256"]},
     )

@@ -54,7 +54,9 @@ def instruction_text(data: bytes, filename: str) -> str | None:
         raise InstructionError(f"{filename}: unknown instill kind {declared['kind']!r} (known: instruction)")
     body = (m.group(2) or "").strip()
     if not body:
-        raise InstructionError(f"{filename}: declares itself an instruction but has no text after the front matter")
+        raise InstructionError(
+            f"{filename}: declares itself an instruction but has no text after the front matter"
+        )
     return body
 
 
@@ -91,11 +93,15 @@ def instruction_gate(base, weights, description: str, cfg: InstructionGateConfig
     from hypernet.t2l_inputs import pool
 
     texts = general_texts()
-    increase = text_nll(base, texts, weights, cfg.preservation_tokens) - text_nll(base, texts, None, cfg.preservation_tokens)
+    increase = text_nll(base, texts, weights, cfg.preservation_tokens) - text_nll(
+        base, texts, None, cfg.preservation_tokens
+    )
     metrics: dict[str, Any] = {"nll_increase": round(increase, 4), "config": asdict(cfg)}
     failures = []
     if increase > cfg.max_nll_increase:
-        failures.append(f"preservation: general-text NLL rose by {increase:.3f} nats (max {cfg.max_nll_increase})")
+        failures.append(
+            f"preservation: general-text NLL rose by {increase:.3f} nats (max {cfg.max_nll_increase})"
+        )
     beh, score = matched_behaviour(description, cfg.match_threshold)
     metrics["matched_behaviour"], metrics["match_score"] = (beh.name if beh else None), round(score, 3)
     items = list(beh.inputs("heldout") if beh else pool("qa", "heldout"))[: cfg.inputs]
@@ -107,12 +113,17 @@ def instruction_gate(base, weights, description: str, cfg: InstructionGateConfig
         base_rate = sum(beh.complies(it, o) for it, o in zip(items, without, strict=True)) / len(items)
         metrics |= {"compliance": round(rate, 3), "base_compliance": round(base_rate, 3)}
         if rate < cfg.min_compliance or rate <= base_rate:
-            failures.append(f"compliance: {rate:.2f} of answers follow {beh.name!r} (base {base_rate:.2f}; "
-                            f"need >= {cfg.min_compliance} and above the base)")  # fmt: skip
+            failures.append(
+                f"compliance: {rate:.2f} of answers follow {beh.name!r} (base {base_rate:.2f}; "
+                f"need >= {cfg.min_compliance} and above the base)"
+            )
     else:
         effect = sum(a != b for a, b in zip(with_adapter, without, strict=True)) / len(items)
         metrics["effect"] = round(effect, 3)
         if effect < cfg.min_effect:
             failures.append(f"effect: the adapter changed {effect:.2f} of answers (need >= {cfg.min_effect})")
-    metrics["samples"] = [{"input": q, "adapter": a, "base": b} for q, a, b in zip(questions, with_adapter, without, strict=True)][:3]
+    metrics["samples"] = [
+        {"input": q, "adapter": a, "base": b}
+        for q, a, b in zip(questions, with_adapter, without, strict=True)
+    ][:3]
     return {"passed": not failures, "failures": failures, "metrics": metrics}

@@ -14,8 +14,15 @@ from typer.testing import CliRunner
 from hypernet.adapter import load_adapter, read_lineage
 from hypernet.t2l import T2LConfig, T2LHypernet, save_t2l
 
-TINY_SETS = ["--set=steps=4", "--set=batch_tasks=2", "--set=latent=32", "--set=rank=4", "--set=eval_every=0",
-             "--set=log_every=2", "--set=max_target_tokens=8"]  # fmt: skip
+TINY_SETS = [
+    "--set=steps=4",
+    "--set=batch_tasks=2",
+    "--set=latent=32",
+    "--set=rank=4",
+    "--set=eval_every=0",
+    "--set=log_every=2",
+    "--set=max_target_tokens=8",
+]
 
 
 @pytest.fixture
@@ -35,8 +42,11 @@ def _app() -> typer.Typer:
 @pytest.fixture
 def checkpoint(tiny_base, tmp_path: Path) -> Path:
     torch.manual_seed(0)
-    net = T2LHypernet(T2LConfig.from_base_model(tiny_base.model, latent=32, rank=4,
-                                                base_weights_sha256=tiny_base.weights_sha256))  # fmt: skip
+    net = T2LHypernet(
+        T2LConfig.from_base_model(
+            tiny_base.model, latent=32, rank=4, base_weights_sha256=tiny_base.weights_sha256
+        )
+    )
     with torch.no_grad():
         for head in net.heads:
             head.weight.normal_(0, 0.05)
@@ -44,9 +54,19 @@ def checkpoint(tiny_base, tmp_path: Path) -> Path:
     return tmp_path / "t2l"
 
 
-def test_text_to_lora_writes_a_peft_folder_with_lineage_to_the_text(home, tiny_model_dir, checkpoint, tmp_path) -> None:
-    args = ["text-to-lora", "Answer in one word.", "--out", str(tmp_path / "a"), "--base", str(tiny_model_dir),
-            "--checkpoint", str(checkpoint)]  # fmt: skip
+def test_text_to_lora_writes_a_peft_folder_with_lineage_to_the_text(
+    home, tiny_model_dir, checkpoint, tmp_path
+) -> None:
+    args = [
+        "text-to-lora",
+        "Answer in one word.",
+        "--out",
+        str(tmp_path / "a"),
+        "--base",
+        str(tiny_model_dir),
+        "--checkpoint",
+        str(checkpoint),
+    ]
     result = CliRunner().invoke(_app(), args)
     assert result.exit_code == 0, result.output
     weights = load_adapter(tmp_path / "a")

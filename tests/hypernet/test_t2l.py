@@ -11,7 +11,15 @@ from peft import PeftModel
 
 from hypernet.adapter import load_adapter, save_adapter
 from hypernet.lora import applied
-from hypernet.t2l import T2LConfig, T2LError, T2LHypernet, describe_to_lora, embed_descriptions, load_t2l, save_t2l
+from hypernet.t2l import (
+    T2LConfig,
+    T2LError,
+    T2LHypernet,
+    describe_to_lora,
+    embed_descriptions,
+    load_t2l,
+    save_t2l,
+)
 from hypernet.t2l_tasks import behaviour
 from hypernet.t2l_train import T2LTrainConfig, T2LTrainError, example, sft_loss, train_oracle, train_t2l
 
@@ -71,7 +79,9 @@ def test_checkpoint_round_trip_and_wrong_base_is_refused(tiny_base, tmp_path: Pa
     net = _net(tiny_base)
     save_t2l(net, tmp_path / "ck", training={"steps": 0})
     again = load_t2l(tmp_path / "ck")
-    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values(), strict=True))
+    assert all(
+        torch.equal(a, b) for a, b in zip(net.state_dict().values(), again.state_dict().values(), strict=True)
+    )
     assert json.loads((tmp_path / "ck" / "t2l.json").read_text())["training"] == {"steps": 0}
     net.cfg.base_weights_sha256 = "0" * 64
     save_t2l(net, tmp_path / "other")
@@ -89,8 +99,19 @@ def test_embeddings_are_pooled_per_text(tiny_base) -> None:
         embed_descriptions(tiny_base, ["  "])
 
 
-TINY = {"steps": 60, "batch_tasks": 4, "per_task": 1, "lr": 3e-2, "latent": 32, "rank": 4, "warmup": 2,
-        "log_every": 10, "eval_every": 30, "ckpt_every": 10, "max_target_tokens": 12}  # fmt: skip
+TINY = {
+    "steps": 60,
+    "batch_tasks": 4,
+    "per_task": 1,
+    "lr": 3e-2,
+    "latent": 32,
+    "rank": 4,
+    "warmup": 2,
+    "log_every": 10,
+    "eval_every": 30,
+    "ckpt_every": 10,
+    "max_target_tokens": 12,
+}
 
 
 def test_training_reduces_heldout_loss_and_resumes(tiny_base, tmp_path: Path) -> None:

@@ -9,9 +9,18 @@ import torch
 from hypernet.t2l import T2LConfig, T2LHypernet
 from hypernet.t2l_eval import T2LEvalConfig, examples, run_t2l_eval, summarise, to_markdown
 
-SMALL = T2LEvalConfig(seen=("upper", "one_word"), unseen=("one_word+upper",), descriptions=1, inputs=2, probe_behaviours=3,
-                      max_new_tokens=6, oracles=("upper",), oracle_steps=2, preservation_adapters=1,
-                      preservation_tokens=64)  # fmt: skip
+SMALL = T2LEvalConfig(
+    seen=("upper", "one_word"),
+    unseen=("one_word+upper",),
+    descriptions=1,
+    inputs=2,
+    probe_behaviours=3,
+    max_new_tokens=6,
+    oracles=("upper",),
+    oracle_steps=2,
+    preservation_adapters=1,
+    preservation_tokens=64,
+)
 
 
 def test_examples_use_heldout_descriptions_and_another_behaviours_control() -> None:
@@ -25,8 +34,13 @@ def test_examples_use_heldout_descriptions_and_another_behaviours_control() -> N
 
 def test_summary_pairs_differences_and_the_oracle_ratio() -> None:
     exs = examples(SMALL, "seen")
-    scores = {"base": [0, 0, 0, 0], "prompt": [1, 0, 0, 0], "t2l": [1, 1, 1, 0], "random": [0, 0, 1, 0],
-              "oracle": [1, 1, None, None]}  # fmt: skip
+    scores = {
+        "base": [0, 0, 0, 0],
+        "prompt": [1, 0, 0, 0],
+        "t2l": [1, 1, 1, 0],
+        "random": [0, 0, 1, 0],
+        "oracle": [1, 1, None, None],
+    }
     s = summarise(exs, scores)
     assert s["rates"]["t2l"]["mean"] == 0.75 and s["rates"]["oracle"]["n"] == 2
     assert s["differences"]["t2l_minus_base"]["mean"] == 0.75

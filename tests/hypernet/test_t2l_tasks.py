@@ -9,8 +9,13 @@ from hypernet.t2l_tasks import RULES, SPLITS, behaviour, behaviours
 
 PARIS = Item("What is the capital of France?", "Paris", "The capital of France is Paris.", "geography")
 SUM = Item("What is 3 plus 4?", "7", "3 plus 4 is 7.", "maths", "7")
-DATE = Item("When is the trip? It is on March 5, 2021.", "March 5, 2021", "The trip is on March 5, 2021.",
-            "dates", "2021-03-05")  # fmt: skip
+DATE = Item(
+    "When is the trip? It is on March 5, 2021.",
+    "March 5, 2021",
+    "The trip is on March 5, 2021.",
+    "dates",
+    "2021-03-05",
+)
 
 
 def test_suite_sizes_and_disjoint_splits() -> None:
@@ -72,7 +77,9 @@ def test_every_reference_output_complies() -> None:
         ("answer_is+suffix_hope", PARIS, "The answer is Paris. Hope this helps.", "The answer is Paris."),
     ],
 )
-def test_checker_accepts_compliant_and_rejects_other_outputs(name: str, item: Item, good: str, bad: str) -> None:
+def test_checker_accepts_compliant_and_rejects_other_outputs(
+    name: str, item: Item, good: str, bad: str
+) -> None:
     b = behaviour(name)
     assert b.complies(item, good)
     assert not b.complies(item, bad)

@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from hypernet.t2l import T2LConfig, T2LHypernet, describe_to_lora, save_t2l
-from tasks.instruction import InstructionError, InstructionGateConfig, instruction_gate, instruction_text, matched_behaviour
+from tasks.instruction import (
+    InstructionError,
+    InstructionGateConfig,
+    instruction_gate,
+    instruction_text,
+    matched_behaviour,
+)
 from tasks.settings import GeneratorConfig
 
 DOC = b"---\ntitle: style\ninstill: {kind: instruction}\n---\nAlways answer in one word.\n"
@@ -35,8 +41,11 @@ def test_a_suite_description_matches_its_behaviour_and_free_text_does_not() -> N
 
 def _checkpoint(tiny_base, folder: Path, scale: float) -> Path:
     torch.manual_seed(0)
-    net = T2LHypernet(T2LConfig.from_base_model(tiny_base.model, latent=32, rank=4,
-                                                base_weights_sha256=tiny_base.weights_sha256))  # fmt: skip
+    net = T2LHypernet(
+        T2LConfig.from_base_model(
+            tiny_base.model, latent=32, rank=4, base_weights_sha256=tiny_base.weights_sha256
+        )
+    )
     with torch.no_grad():
         for head in net.heads:
             head.weight.normal_(0, scale)
@@ -57,7 +66,9 @@ def test_gate_fails_an_adapter_that_does_nothing_and_reports_its_metrics(tiny_ba
     assert verdict["metrics"]["matched_behaviour"] == "upper" and "compliance" in verdict["metrics"]
 
 
-def test_generate_file_gives_an_instruction_document_a_t2l_adapter(tiny_base, tiny_model_dir, tmp_path, monkeypatch):
+def test_generate_file_gives_an_instruction_document_a_t2l_adapter(
+    tiny_base, tiny_model_dir, tmp_path, monkeypatch
+):
     from hypernet.adapter import load_adapter
     from tasks.generate import generate_file
     from tasks.settings import Settings
@@ -71,5 +82,7 @@ def test_generate_file_gives_an_instruction_document_a_t2l_adapter(tiny_base, ti
     assert report["generator"] == "t2l" and "passed" in report["qa"]
     lineage = json.loads((tmp_path / "out" / "instill.json").read_text())
     assert lineage["kind"] == "instruction" and lineage["instruction"] == "Always answer in one word."
-    assert lineage["generator"]["kind"] == "t2l" and lineage["qa"]["metrics"]["matched_behaviour"] == "one_word"
+    assert (
+        lineage["generator"]["kind"] == "t2l" and lineage["qa"]["metrics"]["matched_behaviour"] == "one_word"
+    )
     assert sorted(load_adapter(tmp_path / "out").target_names) == ["q_proj", "v_proj"]
