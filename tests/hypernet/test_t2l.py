@@ -135,3 +135,24 @@ def test_oracle_lora_lowers_its_behaviours_loss(tiny_base) -> None:
     oracle = train_oracle(tiny_base, beh, steps=15, batch=4, lr=1e-2, rank=4)
     with torch.no_grad():
         assert sft_loss(tiny_base, batch, oracle).item() < sft_loss(tiny_base, batch, None).item()
+
+
+def test_t2l_generator_kind_builds_from_a_checkpoint_and_names_bad_options(tiny_base, tmp_path: Path) -> None:
+    from hypernet.generators import GeneratorError, make_generator
+
+    with pytest.raises(GeneratorError, match="no T2L checkpoint is shipped"):
+        make_generator("t2l", tiny_base, {})
+    with pytest.raises(GeneratorError, match="unknown option"):
+        make_generator("t2l", tiny_base, {"rank": 8})
+    net = _net(tiny_base)
+    net.cfg.base_weights_sha256 = tiny_base.weights_sha256
+    save_t2l(net, tmp_path / "ck")
+    gen = make_generator("t2l", tiny_base, {"checkpoint": str(tmp_path / "ck")})
+    result = gen.generate("  Answer   in one word. ")
+    assert result.weights.rank == 4 and gen.describe()["kind"] == "t2l"
+    assert (
+        gen.fingerprint()
+        == make_generator("t2l", tiny_base, {"checkpoint": str(tmp_path / "ck")}).fingerprint()
+    )
+    with pytest.raises(ValueError, match="empty"):
+        gen.generate("   ")
