@@ -3,7 +3,7 @@
 After Sakana AI's text-to-lora, "M" variant (docs/hypernet-design.md, T2L section), scaled to SmolLM2:
 
     description -> frozen base model, hidden states of ``encoder_layer`` mean-pooled over tokens
-      -> LayerNorm (no affine; residual norms span 3..600 across layers) -> Linear -> LayerNorm  [latent/2]
+      -> z-scored per dimension (training descriptions' statistics) -> Linear -> LayerNorm      [latent/2]
       ++ learned layer embedding [latent/4] ++ learned module-type embedding [latent/4]
       -> mixer MLP + residual MLP                                                                 [latent]
       -> + learned A/B embedding -> ONE head per module type emitting r * max(d_in, d_out) values,
@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -96,6 +95,11 @@ class T2LHypernet(nn.Module):
         self.cfg = cfg
         h = cfg.latent
         self.desc_proj = nn.Sequential(nn.Linear(cfg.d_embed, h // 2), nn.LayerNorm(h // 2))
+        # z-scoring of the description embedding, per dimension, with the training descriptions' statistics
+        # (set_embedding_stats): mean-pooled states share a large common component, so raw vectors of
+        # different behaviours are nearly parallel and an early network emitted the same adapter for all
+        self.register_buffer("emb_mean", torch.zeros(cfg.d_embed))
+        self.register_buffer("emb_std", torch.ones(cfg.d_embed))
         self.layer_emb = nn.Embedding(cfg.n_layers, h // 4)
         self.module_emb = nn.Embedding(len(cfg.targets), h // 4)
         self.mixer = nn.Sequential(nn.Linear(h, h), nn.SiLU(), nn.Linear(h, h))
@@ -117,7 +121,7 @@ class T2LHypernet(nn.Module):
     def forward(self, emb: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Embeddings ``[N, d_embed]`` -> per target, A ``[N, L, r, d_in]`` and B ``[N, L, d_out, r]``."""
         cfg, N, L = self.cfg, emb.shape[0], self.cfg.n_layers
-        d = self.desc_proj(F.layer_norm(emb.float(), emb.shape[-1:]))  # [N, h/2]
+        d = self.desc_proj((emb.float() - self.emb_mean) / self.emb_std)  # [N, h/2]
         A, B = {}, {}
         for m, (t, head) in enumerate(zip(cfg.targets, self.heads, strict=True)):
             cond = torch.cat(
@@ -136,6 +140,12 @@ class T2LHypernet(nn.Module):
             A[t] = out_a[..., : r * di].reshape(N, L, r, di) + self.bias_a[m]
             B[t] = out_b[..., : do * r].reshape(N, L, do, r) + self.bias_b[m]
         return A, B
+
+    @torch.no_grad()
+    def set_embedding_stats(self, emb: Tensor) -> None:
+        """Fix the z-scoring from the training descriptions' embeddings ``[n, d_embed]``."""
+        self.emb_mean.copy_(emb.float().mean(0))
+        self.emb_std.copy_(emb.float().std(0).clamp(min=1e-4))
 
     def lora(self, emb: Tensor, index: Tensor | None = None) -> LoraWeights:
         """Batched adapters (one per row of ``emb``, or per ``index`` entry) for ``hypernet.lora.applied``."""

@@ -235,6 +235,7 @@ def setup(cfg: T2LTrainConfig, base: BaseModel, out_dir: Path, log: Log) -> Run:
             "seconds": round(time.perf_counter() - start, 1),
         }
     )
+    net.set_embedding_stats(data.emb[[i for _, descs in data.train for i in descs]].to(base.device))
     run = Run(cfg, base, net, opt, data, Path(out_dir), log)
     if (run.out_dir / "checkpoint" / "trainer.json").is_file():
         load_checkpoint(run, run.out_dir / "checkpoint")
