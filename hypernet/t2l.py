@@ -3,7 +3,7 @@
 After Sakana AI's text-to-lora, "M" variant (docs/hypernet-design.md, T2L section), scaled to SmolLM2:
 
     description -> frozen base model, hidden states of ``encoder_layer`` mean-pooled over tokens
-      -> z-scored per dimension (training descriptions' statistics) -> Linear -> LayerNorm      [latent/2]
+      -> LayerNorm (no affine; residual norms span 3..600 across layers) -> Linear -> LayerNorm  [latent/2]
       ++ learned layer embedding [latent/4] ++ learned module-type embedding [latent/4]
       -> mixer MLP + residual MLP                                                                 [latent]
       -> + learned A/B embedding -> ONE head per module type emitting r * max(d_in, d_out) values,
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
@@ -50,6 +51,7 @@ class T2LConfig:
     d_out: dict[str, int] = field(default_factory=dict)
     d_embed: int = 576  # width of the description embedding (the base model's hidden size)
     encoder_layer: int = -1  # hidden_states index pooled for the description (-1: the last, normed)
+    zscore: bool = False  # z-score embeddings with training statistics instead of a plain LayerNorm
     base_model_id: str = ""
     base_weights_sha256: str = ""
     # network
@@ -95,11 +97,12 @@ class T2LHypernet(nn.Module):
         self.cfg = cfg
         h = cfg.latent
         self.desc_proj = nn.Sequential(nn.Linear(cfg.d_embed, h // 2), nn.LayerNorm(h // 2))
-        # z-scoring of the description embedding, per dimension, with the training descriptions' statistics
-        # (set_embedding_stats): mean-pooled states share a large common component, so raw vectors of
-        # different behaviours are nearly parallel and an early network emitted the same adapter for all
-        self.register_buffer("emb_mean", torch.zeros(cfg.d_embed))
-        self.register_buffer("emb_std", torch.ones(cfg.d_embed))
+        # Optional z-scoring of the description embedding, per dimension, with the training descriptions'
+        # statistics (set_embedding_stats): mean-pooled states share a large common component. Tried once:
+        # at lr 1e-3 its training CE was ~1.5 nats worse than LayerNorm's on the same batches (steps 20-35).
+        if cfg.zscore:
+            self.register_buffer("emb_mean", torch.zeros(cfg.d_embed))
+            self.register_buffer("emb_std", torch.ones(cfg.d_embed))
         self.layer_emb = nn.Embedding(cfg.n_layers, h // 4)
         self.module_emb = nn.Embedding(len(cfg.targets), h // 4)
         self.mixer = nn.Sequential(nn.Linear(h, h), nn.SiLU(), nn.Linear(h, h))
@@ -121,7 +124,9 @@ class T2LHypernet(nn.Module):
     def forward(self, emb: Tensor) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """Embeddings ``[N, d_embed]`` -> per target, A ``[N, L, r, d_in]`` and B ``[N, L, d_out, r]``."""
         cfg, N, L = self.cfg, emb.shape[0], self.cfg.n_layers
-        d = self.desc_proj((emb.float() - self.emb_mean) / self.emb_std)  # [N, h/2]
+        x = emb.float()
+        x = (x - self.emb_mean) / self.emb_std if cfg.zscore else F.layer_norm(x, x.shape[-1:])
+        d = self.desc_proj(x)  # [N, h/2]
         A, B = {}, {}
         for m, (t, head) in enumerate(zip(cfg.targets, self.heads, strict=True)):
             cond = torch.cat(

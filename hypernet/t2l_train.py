@@ -63,6 +63,7 @@ class T2LTrainConfig:
     alpha: float = 16.0
     targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     encoder_layer: int = -1
+    zscore: bool = False
     # bookkeeping
     log_every: int = 10
     eval_every: int = 100
@@ -220,6 +221,7 @@ def setup(cfg: T2LTrainConfig, base: BaseModel, out_dir: Path, log: Log) -> Run:
         rank=cfg.rank,
         alpha=cfg.alpha,
         encoder_layer=cfg.encoder_layer,
+        zscore=cfg.zscore,
         base_model_id=base.model_id,
         base_weights_sha256=base.weights_sha256,
     )
@@ -235,7 +237,8 @@ def setup(cfg: T2LTrainConfig, base: BaseModel, out_dir: Path, log: Log) -> Run:
             "seconds": round(time.perf_counter() - start, 1),
         }
     )
-    net.set_embedding_stats(data.emb[[i for _, descs in data.train for i in descs]].to(base.device))
+    if cfg.zscore:
+        net.set_embedding_stats(data.emb[[i for _, descs in data.train for i in descs]].to(base.device))
     run = Run(cfg, base, net, opt, data, Path(out_dir), log)
     if (run.out_dir / "checkpoint" / "trainer.json").is_file():
         load_checkpoint(run, run.out_dir / "checkpoint")
