@@ -156,3 +156,15 @@ def test_t2l_generator_kind_builds_from_a_checkpoint_and_names_bad_options(tiny_
     )
     with pytest.raises(ValueError, match="empty"):
         gen.generate("   ")
+
+
+def test_zscored_embeddings_keep_their_statistics_in_the_checkpoint(tiny_base, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    net = T2LHypernet(T2LConfig.from_base_model(tiny_base.model, latent=32, rank=4, zscore=True))
+    emb = embed_descriptions(tiny_base, [DESC, "Reply as JSON.", "Be brief."])
+    net.set_embedding_stats(emb)
+    torch.testing.assert_close(net.emb_mean, emb.mean(0))
+    save_t2l(net, tmp_path / "z")
+    again = load_t2l(tmp_path / "z")
+    assert again.cfg.zscore and torch.equal(again.emb_std, net.emb_std)
+    assert not hasattr(_net(tiny_base), "emb_mean")  # the default reads a LayerNorm'd embedding
