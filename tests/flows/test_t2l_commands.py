@@ -103,3 +103,33 @@ def test_train_t2l_names_a_bad_override(home, tiny_model_dir, tmp_path) -> None:
     args = ["train-t2l", "--out", str(tmp_path / "run"), "--base", str(tiny_model_dir)]
     result = CliRunner().invoke(_app(), [*args, "--set", "stepz=3"])
     assert result.exit_code == 2 and "stepz" in result.output
+
+
+def test_eval_t2l_writes_the_report(home, tiny_model_dir, checkpoint, tmp_path) -> None:
+    sets = [
+        'seen=["upper"]',
+        'unseen=["one_word+upper"]',
+        "descriptions=1",
+        "inputs=1",
+        "oracles=[]",
+        "probe_behaviours=2",
+        "preservation_adapters=1",
+        "preservation_tokens=32",
+        "max_new_tokens=4",
+    ]
+    args = [
+        "eval-t2l",
+        "--json",
+        str(tmp_path / "e.json"),
+        "--base",
+        str(tiny_model_dir),
+        "--checkpoint",
+        str(checkpoint),
+    ] + [f"--set={s}" for s in sets]
+    result = CliRunner().invoke(_app(), args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "e.json").read_text())
+    assert set(report["sets"]) == {"seen", "unseen"} and "oracle" not in report["sets"]["seen"]["rates"]
+    assert "| unseen |" in (tmp_path / "e.md").read_text()
+    bad = CliRunner().invoke(_app(), [*args, "--set=sen=[]"])
+    assert bad.exit_code == 2 and "sen" in bad.output
