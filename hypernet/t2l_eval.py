@@ -336,7 +336,7 @@ def to_markdown(result: dict[str, Any]) -> str:
         o = s["oracle_behaviours"]
         if o:
             lines.append(
-                f"| {split} | {len(s['per_behaviour'])} behaviours | {o['t2l']['mean']:.2f} | "
+                f"| {split} | {o['oracle']['n']} examples | {o['t2l']['mean']:.2f} | "
                 f"{o['oracle']['mean']:.2f} | {o['prompt']['mean']:.2f} | {o['ratio_t2l_over_oracle']:.2f} |"
             )
     p = result["preservation"]
