@@ -47,6 +47,9 @@ app.command("bench")(command(ml.bench))
 app.command("bench-pipeline")(command(bench_pipeline))
 app.command("bench-workers")(command(bench_workers))
 app.command("pool-setup")(command(pool_setup))
+app.command("train-t2l")(command(ml.train_t2l))
+app.command("eval-t2l")(command(ml.eval_t2l))
+app.command("text-to-lora")(command(ml.text_to_lora))
 corpus_app.command("build")(command(ml.corpus_build))
 
 # Answering from the knowledge base, and serving it.

@@ -168,15 +168,20 @@ def generate(
     gen_cfg = generator_config(settings)
     if not doc_file.is_file():
         fail(f"{doc_file}: no such file")
+    from hypernet.generators import GeneratorError
     from tasks.generate import generate_file
+    from tasks.instruction import InstructionError
     from tasks.parse import ParseError
 
-    with user_errors(ParseError):
+    with user_errors(ParseError, InstructionError, GeneratorError):
         report = generate_file(settings, gen_cfg, doc_file, out_dir)
     out.print(
         f"wrote {out_dir} with {report['generator']} in {report['seconds']:.1f} s "
         f"(adapter sha256 {report['adapter_sha256'][:12]})"
     )
+    if "qa" in report:  # an instruction document: its own gate
+        verdict = "passed" if report["qa"]["passed"] else "FAILED: " + "; ".join(report["qa"]["failures"])
+        out.print(f"instruction gate {verdict}", highlight=False)
 
 
 ActorOption = Annotated[str | None, typer.Option("--actor", help="Who is acting (default: your login name).")]

@@ -193,3 +193,106 @@ def corpus_build(
         f"documents_sha256 {manifest['documents_sha256']}",
         highlight=False,
     )
+
+
+# ---------------------------------------------------------------- Text-to-LoRA
+
+
+def train_t2l(
+    out_dir: Annotated[Path, typer.Option("--out", help="Run dir: checkpoint/, metrics.jsonl, final/.")],
+    base: BaseOption = DEFAULT_BASE_MODEL,
+    sets: SetOption = None,
+    device: DeviceOption = None,
+    threads: ThreadsOption = 1,
+    config: ConfigOption = None,
+) -> None:
+    """Train (or resume) the Text-to-LoRA hypernetwork by SFT on the rule-built task suite; metrics go to
+    MLflow. --set takes T2LTrainConfig fields (steps=600, max_minutes=50, batch_tasks=8)."""
+    settings_for(config)
+    from flows.train_t2l import train_t2l as train_flow
+    from hypernet.t2l import T2LError
+    from hypernet.t2l_train import T2LTrainConfig, T2LTrainError
+    from hypernet.train import parse_overrides
+
+    try:
+        options = parse_overrides(sets or [])
+        unknown = sorted(set(options) - set(T2LTrainConfig.__dataclass_fields__))
+        if unknown:
+            fail(f"unknown --set field(s) {unknown}; known: {sorted(T2LTrainConfig.__dataclass_fields__)}")
+        result = train_flow(str(out_dir), base, options, device=device, threads=threads)
+    except (T2LTrainError, T2LError, ValueError, TypeError) as exc:
+        fail(str(exc))
+    ce = result["heldout_ce"]
+    out.print(
+        f"final checkpoint {result['final']} (sha256 {result['checkpoint_sha256'][:12]}), "
+        f"{result['steps']} steps on {result['device']}: held-out CE unseen descriptions "
+        f"{ce['ce_unseen_desc']:.3f} "
+        f"(base {ce['ce_unseen_desc_base']:.3f}), unseen behaviours {ce['ce_unseen_behaviour']:.3f} "
+        f"(base {ce['ce_unseen_behaviour_base']:.3f})",
+        highlight=False,
+    )
+
+
+def _t2l_net(base_model, checkpoint: Path | None):
+    from hypernet.t2l import T2LError, load_t2l, shipped_checkpoint
+
+    try:
+        ckpt = checkpoint or shipped_checkpoint(base_model.model_id)
+        return load_t2l(ckpt, base_model.device, base=base_model), ckpt
+    except T2LError as exc:
+        fail(str(exc))
+
+
+def text_to_lora(
+    description: Annotated[str, typer.Argument(help="The behaviour, in words: 'Answer in one word.'")],
+    out_dir: Annotated[Path, typer.Option("--out", help="The PEFT adapter folder to write.")],
+    base: BaseOption = DEFAULT_BASE_MODEL,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="T2L checkpoint dir (default: the one shipped).")
+    ] = None,
+    device: DeviceOption = None,
+    threads: ThreadsOption = 1,
+    config: ConfigOption = None,
+) -> None:
+    """Turn a description of behaviour into a LoRA adapter (a PEFT folder) without training anything."""
+    settings = settings_for(config)
+    if not description.strip():
+        fail(
+            "the description is empty: say what behaviour the adapter should give, e.g. 'Answer in one word.'"
+        )
+    from hypernet.adapter import save_adapter
+    from hypernet.t2l import describe_to_lora, description_lineage
+
+    model = _load_base(settings, base, device, threads)
+    net, ckpt = _t2l_net(model, checkpoint)
+    weights = describe_to_lora(model, net, description.strip())
+    lineage = description_lineage(description.strip(), net, ckpt, model)
+    sha = save_adapter(weights, out_dir, model.model_id, lineage)
+    out.print(f"{out_dir}: T2L adapter (sha256 {sha[:12]}) for {description.strip()!r}", highlight=False)
+
+
+def eval_t2l(
+    json_path: Annotated[Path, typer.Option("--json", help="Write the results here (JSON).")],
+    md_path: Annotated[
+        Path | None, typer.Option("--md", help="Markdown table (default: beside --json).")
+    ] = None,
+    base: BaseOption = DEFAULT_BASE_MODEL,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="T2L checkpoint dir (default: the one shipped).")
+    ] = None,
+    sets: SetOption = None,
+    device: DeviceOption = None,
+    threads: ThreadsOption = 1,
+    config: ConfigOption = None,
+) -> None:
+    """Measure Text-to-LoRA: compliance with the generated adapter vs the base, the description in the
+    prompt, an oracle LoRA and a random description's adapter; preservation and time (``--set`` any field
+    of hypernet.t2l_eval.T2LEvalConfig)."""
+    settings = settings_for(config)
+    from hypernet.t2l_eval import T2LEvalConfig, run_t2l_eval, to_markdown
+
+    cfg = config_fields(T2LEvalConfig, sets)
+    model = _load_base(settings, base, device, threads)
+    net, ckpt = _t2l_net(model, checkpoint)
+    result = run_t2l_eval(model, net, cfg, _progress, checkpoint=str(ckpt))
+    write_report(result, to_markdown(result), json_path, md_path)

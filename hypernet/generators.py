@@ -3,8 +3,9 @@
 Every generator turns a document's text into ``LoraWeights`` for one base model and names itself by a
 fingerprint: the pipeline keys adapters on (text sha256, generator fingerprint), so a rerun with the
 same base model, generator kind, config (and checkpoint) regenerates nothing. Kinds: ``cd``
-(per-document context distillation), ``hypernet`` (the trained Doc-to-LoRA network, one pass) and
-``hypernet+cd`` (the generated adapter refined by a few distillation steps). Other kinds can be added
+(per-document context distillation), ``hypernet`` (the trained Doc-to-LoRA network, one pass),
+``hypernet+cd`` (the generated adapter refined by a few distillation steps) and ``t2l`` (an
+instruction's text through the Text-to-LoRA network, ``hypernet.t2l``). Other kinds can be added
 with ``register_generator``.
 """
 
@@ -18,12 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from hypernet.base_model import DEFAULT_BASE_MODEL, BaseModel
+from hypernet.base_model import DEFAULT_BASE_MODEL, BaseModel, sha256_files
 from hypernet.cd import distill
 from hypernet.config import CDConfig
 from hypernet.features import FeatureConfig, FeatureEncoder
 from hypernet.lora import LoraWeights
 from hypernet.model import WEIGHTS_FILE, CheckpointError, Hypernet, checkpoint_sha256, load_hypernet
+from hypernet.t2l import WEIGHTS_FILE as T2L_WEIGHTS
+from hypernet.t2l import T2LError, T2LHypernet, describe_to_lora, load_t2l, shipped_checkpoint
 
 # The checkpoints shipped with the package: base-model alias -> folder.
 CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -300,8 +303,63 @@ def _hypernet_builder(name: str, cls: type[HypernetGenerator]) -> GeneratorBuild
     return build
 
 
+class T2LGenerator:
+    """An instruction's text through the Text-to-LoRA network (``hypernet.t2l``): one pass, no training."""
+
+    name = "t2l"
+    max_chars = 2000  # the network was trained on one- or two-sentence descriptions
+
+    def __init__(self, base: BaseModel, net: T2LHypernet, checkpoint_sha: str) -> None:
+        self.base, self.net, self.checkpoint_sha = base, net, checkpoint_sha
+
+    def _config(self) -> dict[str, Any]:
+        c = self.net.cfg
+        return {
+            "targets": list(c.targets),
+            "rank": c.rank,
+            "alpha": c.alpha,
+            "encoder_layer": c.encoder_layer,
+        }
+
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.name, self.base, self._config(), self.checkpoint_sha)
+
+    def describe(self) -> dict[str, Any]:
+        return describe_generator(self.name, self.base, self._config(), self.checkpoint_sha)
+
+    def generate(self, text: str, progress: Progress | None = None) -> GeneratedAdapter:
+        description = " ".join(text.split())
+        if not description:
+            raise ValueError("the instruction is empty: nothing to turn into an adapter")
+        notes = []
+        if len(description) > self.max_chars:
+            notes.append(
+                f"instruction truncated to its first {self.max_chars} of {len(description)} characters"
+            )
+            description = description[: self.max_chars]
+        start = time.perf_counter()
+        weights = describe_to_lora(self.base, self.net, description)
+        metrics = {"description_chars": float(len(description))}
+        return GeneratedAdapter(weights, time.perf_counter() - start, metrics, notes)
+
+
+def _build_t2l(base: BaseModel, options: dict[str, Any]) -> Generator:
+    unknown = sorted(set(options) - {"checkpoint"})
+    if unknown:
+        raise GeneratorError(f"generator 't2l': unknown option(s) {unknown}; known: ['checkpoint']")
+    try:
+        folder = (
+            Path(options["checkpoint"]) if options.get("checkpoint") else shipped_checkpoint(base.model_id)
+        )
+        net = load_t2l(folder, base.device, base=base)
+    except T2LError as exc:
+        raise GeneratorError(f"generator 't2l': {exc}") from exc
+    return T2LGenerator(base, net, sha256_files([folder / T2L_WEIGHTS]))
+
+
 _BUILDERS: dict[str, GeneratorBuilder] = {
     "cd": _build_cd,
+    "t2l": _build_t2l,
     "hypernet": _hypernet_builder("hypernet", HypernetGenerator),
     "hypernet+cd": _hypernet_builder("hypernet+cd", HypernetCDGenerator),
 }

@@ -249,22 +249,51 @@ def _progress_logger(document: str):
 
 
 def generate_file(settings: Settings, cfg: GeneratorConfig, doc_file: Path, out_dir: Path) -> dict:
-    """`instill generate`: one file straight to an adapter folder, outside any knowledge base."""
+    """`instill generate`: one file straight to an adapter folder, outside any knowledge base.
+
+    A document whose front matter declares ``instill: {kind: instruction}`` gets a Text-to-LoRA adapter
+    of its body (``tasks.instruction``) and that adapter's own gate, whatever generator is configured.
+    """
+    from tasks.instruction import instruction_text
     from tasks.parse import parse_document
 
     data = doc_file.read_bytes()
+    instruction = instruction_text(data, doc_file.name)
+    if instruction is not None:
+        return _instruction_file(settings, cfg, doc_file, data, instruction, out_dir)
     parsed = parse_document(data, doc_file.name)
     gen = build_generator(settings, cfg)
-    info = gen.describe()
     given = parsed.text[:MAX_GENERATOR_CHARS]
     result = gen.generate(given, progress=_progress_logger(doc_file.name))
-    lineage = _lineage(
+    lineage = _file_lineage(
+        doc_file, data, parsed.text_sha256, f"{parsed.parser} {parsed.parser_version}", gen
+    )
+    sha = _save(result, gen, out_dir, lineage)
+    return {"generator": gen.name, "seconds": result.seconds, "adapter_sha256": sha}
+
+
+def _instruction_file(
+    settings: Settings, cfg: GeneratorConfig, doc_file: Path, data: bytes, text: str, out_dir: Path
+) -> dict:
+    """An instruction document: the ``t2l`` generator on its body, then the instruction gate."""
+    from tasks.instruction import InstructionGateConfig, instruction_gate
+
+    options = dict(cfg.options) if cfg.name == "t2l" else {}  # a configured t2l keeps its checkpoint
+    gen = build_generator(settings, GeneratorConfig(name="t2l", base_model=cfg.base_model, options=options))
+    result = gen.generate(text)
+    verdict = instruction_gate(gen.base, result.weights, text, InstructionGateConfig())
+    text_sha = hashlib.sha256(text.encode()).hexdigest()
+    lineage = _file_lineage(doc_file, data, text_sha, "front-matter instruction", gen)
+    lineage |= {"kind": "instruction", "instruction": text, "qa": verdict}
+    sha = _save(result, gen, out_dir, lineage)
+    return {"generator": gen.name, "seconds": result.seconds, "adapter_sha256": sha, "qa": verdict}
+
+
+def _file_lineage(doc_file: Path, data: bytes, text_sha256: str, parser: str, gen) -> dict:
+    info = gen.describe()
+    return _lineage(
         {"path": str(doc_file.resolve())},
-        {
-            "raw_sha256": hashlib.sha256(data).hexdigest(),
-            "text_sha256": parsed.text_sha256,
-            "parser": f"{parsed.parser} {parsed.parser_version}",
-        },
+        {"raw_sha256": hashlib.sha256(data).hexdigest(), "text_sha256": text_sha256, "parser": parser},
         {
             "kind": gen.name,
             "fingerprint": gen.fingerprint(),
@@ -272,5 +301,3 @@ def generate_file(settings: Settings, cfg: GeneratorConfig, doc_file: Path, out_
         },
         {"id": info["base_model_id"], "sha256": info["base_model_sha256"]},
     )
-    sha = _save(result, gen, out_dir, lineage)
-    return {"generator": gen.name, "seconds": result.seconds, "adapter_sha256": sha}

@@ -139,7 +139,7 @@ SourceConfig = Annotated[
 
 
 class GeneratorConfig(_Strict):
-    name: Literal["cd", "hypernet", "hypernet+cd"] = "cd"
+    name: Literal["cd", "hypernet", "hypernet+cd", "t2l"] = "cd"
     base_model: str = DEFAULT_BASE_MODEL
     # Generator-specific knobs (steps, lr, rank, checkpoint, ...), passed to hypernet's factory as is.
     options: dict[str, Any] = Field(default_factory=dict)

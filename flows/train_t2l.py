@@ -1,0 +1,75 @@
+"""The `train-t2l` flow: SFT of the Text-to-LoRA hypernetwork, metrics streamed to MLflow.
+
+Training itself is ``hypernet.t2l_train.train_t2l`` (resumable from ``out_dir/checkpoint``); this flow
+picks the device, loads the base model, opens one MLflow run (experiment ``instill-t2l``) and logs every
+record the trainer emits, as ``flows.train`` does for Doc-to-LoRA.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from prefect import flow
+
+from flows.train import MlflowLogger, _experiment_id, params_of
+from tasks.settings import DEFAULT_BASE_MODEL, Settings
+
+EXPERIMENT = "instill-t2l"
+
+
+@flow(name="train-t2l")
+def train_t2l(
+    out_dir: str,
+    base_model: str = DEFAULT_BASE_MODEL,
+    options: dict[str, Any] | None = None,
+    device: str | None = None,
+    threads: int = 1,
+    experiment: str = EXPERIMENT,
+    echo: bool = True,
+) -> dict[str, Any]:
+    """Train (or resume) a T2L hypernetwork into ``out_dir``; ``options`` are ``T2LTrainConfig`` fields."""
+    import torch
+
+    from hypernet.base_model import sha256_files
+    from hypernet.t2l import WEIGHTS_FILE
+    from hypernet.t2l_train import T2LTrainConfig
+    from hypernet.t2l_train import train_t2l as train
+    from tasks.runtime import load_base
+
+    settings = Settings()
+    device = device or ("cuda" if torch.cuda.is_available() else settings.device or "cpu")
+    cfg = T2LTrainConfig(**(options or {}))
+    base = load_base(settings, base_model, device=device, threads=threads)
+    client = MlflowClient(tracking_uri=settings.tracking_uri)
+    run = client.create_run(
+        _experiment_id(client, settings, experiment),
+        run_name=Path(out_dir).name,
+        tags={"base_model_id": base.model_id, "base_model_sha256": base.weights_sha256, "device": device},
+    )
+    run_id = run.info.run_id
+    for key, value in params_of(cfg.to_dict(), "cfg").items():
+        client.log_param(run_id, key, value)
+    command = "instill " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    try:
+        final = train(cfg, base, Path(out_dir), MlflowLogger(client, run_id, echo), command=command)
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    sha = sha256_files([final / WEIGHTS_FILE])
+    client.set_tag(run_id, "checkpoint_sha256", sha)
+    client.log_artifact(run_id, str(final / "t2l.json"))
+    client.set_terminated(run_id)
+    summary = json.loads((final / "t2l.json").read_text())["training"]
+    return {
+        "final": str(final),
+        "checkpoint_sha256": sha,
+        "mlflow_run_id": run_id,
+        "device": device,
+        "steps": summary["steps"],
+        "heldout_ce": summary["heldout_ce"],
+    }
