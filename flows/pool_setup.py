@@ -17,7 +17,7 @@ from typing import Annotated
 
 import typer
 
-from flows.console import out
+from flows.console import ConfigOption, out, settings_for
 
 WORKER_FLOW = "generate-adapters"
 AUTOMATION = "instill: crash generate-adapters runs without heartbeats"
@@ -74,10 +74,12 @@ def pool_setup(
     heartbeat_s: Annotated[
         int, typer.Option(min=30, help="The workers' PREFECT_FLOWS_HEARTBEAT_FREQUENCY (Prefect: 180 s).")
     ] = 180,
+    config: ConfigOption = None,
 ) -> None:
     """Size the `gpu` concurrency limit and mark runs whose worker died as crashed (PREFECT_API_URL)."""
     from tasks.dispatch import require_server
 
+    settings_for(config)  # offline, telemetry off, logging as every command; the limit is per server
     require_server(None)
     setup_pool(gpu_slots, heartbeat_s)
     out.print(f"gpu limit: {gpu_slots} slot(s); runs without a heartbeat for {2 * heartbeat_s} s: crashed")
