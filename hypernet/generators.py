@@ -127,7 +127,7 @@ class HypernetInputError(ValueError):
 
 # hypernet+cd's default refinement: on 8 held-out real documents (docs/eval-real-default.md) 5 steps from the
 # generated adapter passed the QA gates on all 8, closing more of the gap than cd at 5 steps from zero in
-# about the same time; 2 steps did not pass reliably.
+# about the same time; 2 steps passed 4 of 8.
 REFINE_STEPS = 5
 
 
