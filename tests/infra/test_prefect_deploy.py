@@ -5,16 +5,13 @@ Deploys every deployment whose flow file exists in this checkout: ``--all`` once
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import yaml
 
-from tests.fixtures.stack import ProcessStack, stack_environ
+from tests.fixtures.stack import ProcessStack, prefect_api, stack_environ, wait_flow_run
 from tests.infra.stack_module import REPO
 
 PREFECT_YAML = REPO / "infra" / "prefect.yaml"
@@ -28,11 +25,6 @@ def _flow_name(entrypoint: str) -> str:
     from prefect.flows import load_flow_from_entrypoint
 
     return load_flow_from_entrypoint(str(REPO / entrypoint)).name
-
-
-def _get(stack: ProcessStack, path: str) -> dict:
-    with urllib.request.urlopen(f"{stack.prefect_api}{path}", timeout=30) as resp:
-        return json.loads(resp.read())
 
 
 def test_prefect_deploy_registers_the_infra_deployments(
@@ -49,7 +41,7 @@ def test_prefect_deploy_registers_the_infra_deployments(
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
     for name, spec in names.items():
-        deployment = _get(process_stack, f"/deployments/name/{name}")
+        deployment = prefect_api(process_stack, "GET", f"/deployments/name/{name}")
         assert deployment["work_pool_name"] == spec["work_pool"]["name"], name
         assert deployment["entrypoint"] == spec["entrypoint"]
         (step,) = deployment["pull_steps"]
@@ -57,16 +49,17 @@ def test_prefect_deploy_registers_the_infra_deployments(
         assert deployment["job_variables"]["env"]["HF_HUB_OFFLINE"] == "1"
         if "config" in deployment["parameters"]:
             assert deployment["parameters"]["config"] == str(config)
-    weekly = _get(process_stack, "/deployments/name/refresh/weekly")
+    weekly = prefect_api(process_stack, "GET", "/deployments/name/refresh/weekly")
     (schedule,) = weekly["schedules"]
     assert schedule["schedule"]["cron"] == "0 3 * * 1" and schedule["schedule"]["timezone"] == "Europe/Berlin"
-    assert _get(process_stack, "/deployments/name/train-hypernet/gpu")["work_pool_name"] == "gpu"
+    train = prefect_api(process_stack, "GET", "/deployments/name/train-hypernet/gpu")
+    assert train["work_pool_name"] == "gpu"
 
     # The cpu worker runs the weekly deployment from the checkout, with the stack's catalog and registry.
-    run = _post(process_stack, f"/deployments/{weekly['id']}/create_flow_run", {})
-    state = _wait(process_stack, run["id"], timeout_s=600)
+    run = prefect_api(process_stack, "POST", f"/deployments/{weekly['id']}/create_flow_run", {})
+    state = wait_flow_run(process_stack, run["id"], timeout_s=600)
     assert state["type"] == "COMPLETED", state
-    detail = _get(process_stack, f"/flow_runs/{run['id']}")
+    detail = prefect_api(process_stack, "GET", f"/flow_runs/{run['id']}")
     assert detail["work_pool_name"] == "cpu" and detail["parameters"] == {"config": str(config)}
 
 
@@ -78,20 +71,3 @@ def _empty_kb(tmp_path: Path, model: Path) -> Path:
             "generator": {"name": "cd", "base_model": str(model), "options": {"steps": 1}}}  # fmt: skip
     config.write_text(yaml.safe_dump(body))
     return config
-
-
-def _post(stack: ProcessStack, path: str, body: dict) -> dict:
-    req = urllib.request.Request(f"{stack.prefect_api}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
-def _wait(stack: ProcessStack, run_id: str, timeout_s: float) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = _get(stack, f"/flow_runs/{run_id}")["state"]
-        if state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
-            return state
-        time.sleep(2)
-    raise AssertionError(f"flow run {run_id} not finished after {timeout_s} s: {state}")

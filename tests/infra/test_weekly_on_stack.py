@@ -6,11 +6,8 @@ recorded in the stack's PostgreSQL catalog: every document once, nothing twice."
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
-import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import boto3
 import yaml
 from sqlalchemy import create_engine, select
 
-from tests.fixtures.stack import ProcessStack, stack_environ
+from tests.fixtures.stack import ProcessStack, prefect_api, stack_environ, wait_flow_run
 from tests.infra.stack_module import REPO
 
 DOCS = {
@@ -38,13 +35,13 @@ def test_the_weekly_deployment_generates_on_the_gpu_workers_into_s3_and_the_mlfl
     done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
-    weekly = _api(process_stack, "GET", "/deployments/name/refresh/weekly")
-    run = _api(process_stack, "POST", f"/deployments/{weekly['id']}/create_flow_run", {})
-    state = _wait(process_stack, run["id"], timeout_s=900)
+    weekly = prefect_api(process_stack, "GET", "/deployments/name/refresh/weekly")
+    run = prefect_api(process_stack, "POST", f"/deployments/{weekly['id']}/create_flow_run", {})
+    state = wait_flow_run(process_stack, run["id"], timeout_s=900)
     assert state["type"] == "COMPLETED", state
 
-    workers = _api(process_stack, "GET", "/deployments/name/generate-adapters/gpu")
-    runs = _api(process_stack, "POST", "/flow_runs/filter",
+    workers = prefect_api(process_stack, "GET", "/deployments/name/generate-adapters/gpu")
+    runs = prefect_api(process_stack, "POST", "/flow_runs/filter",
                 {"flow_runs": {"deployment_id": {"any_": [workers["id"]]}}})  # fmt: skip
     assert len(runs) == 2 and {r["state"]["type"] for r in runs} == {"COMPLETED"}  # 3 documents, batches of 2
     assert {r["work_pool_name"] for r in runs} == {"gpu"}
@@ -112,21 +109,3 @@ def _s3_keys(stack: ProcessStack) -> list[str]:
     )
     pages = s3.get_paginator("list_objects_v2").paginate(Bucket=stack.bucket)
     return [obj["Key"] for page in pages for obj in page.get("Contents", [])]
-
-
-def _api(stack: ProcessStack, method: str, path: str, body: dict | None = None):
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(f"{stack.prefect_api}{path}", data=data, method=method,
-                                 headers={"Content-Type": "application/json"})  # fmt: skip
-    with urllib.request.urlopen(req, timeout=30) as resp:
-        return json.loads(resp.read())
-
-
-def _wait(stack: ProcessStack, run_id: str, timeout_s: float) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        state = _api(stack, "GET", f"/flow_runs/{run_id}")["state"]
-        if state["type"] in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}:
-            return state
-        time.sleep(2)
-    raise AssertionError(f"flow run {run_id} not finished after {timeout_s} s: {state}")
