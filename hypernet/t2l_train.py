@@ -5,7 +5,13 @@ description and ``per_task`` training inputs each. The network turns each descri
 into an adapter, the adapter is applied to the frozen base model (one adapter per sequence), and the
 loss is the cross-entropy of the rule-built reference output (plus the end-of-turn token) given the
 input alone: the description is never in the prompt. An L2 penalty on the generated factors follows
-T2L. Batches are a pure function of (seed, step), so a resumed run replays the same data.
+T2L. Two optional terms: a contrastive margin (``w_margin``, as in Doc-to-LoRA): the same inputs are also
+scored with the adapter of ANOTHER behaviour's description from the batch, and the loss asks the own
+description's CE to be ``margin`` nats below it, so the adapter has to depend on the description; and a
+preservation term (``w_preserve``): KL(base || adapted) on a window of the packaged general text, taken
+from the part that ``t2l_eval``'s preservation measurement does not read. ``init_from`` warm-starts the
+network from a T2L checkpoint (weights only, new optimizer, step 0). Batches are a pure function of
+(seed, step), so a resumed run replays the same data.
 
 Checkpoints (``out_dir/checkpoint``): ``t2l.safetensors`` + ``optimizer.safetensors`` + ``trainer.json``;
 the final network goes to ``out_dir/final``. Progress records go to ``out_dir/metrics.jsonl`` and the
@@ -36,8 +42,8 @@ from torch import Tensor, nn
 from hypernet.base_model import BaseModel, chat_ids
 from hypernet.batching import pad_id, right_pad
 from hypernet.lora import LoraWeights, applied
-from hypernet.metrics import per_group_mean
-from hypernet.t2l import T2LConfig, T2LHypernet, embed_descriptions, load_t2l, save_t2l
+from hypernet.metrics import general_texts, per_group_mean
+from hypernet.t2l import T2LConfig, T2LError, T2LHypernet, embed_descriptions, load_t2l, save_t2l
 from hypernet.t2l_tasks import Behaviour, behaviours
 
 Log = Callable[[dict[str, Any]], None]
@@ -56,6 +62,13 @@ class T2LTrainConfig:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     w_l2: float = 1e-3  # L2 penalty on the generated factors (T2L)
+    w_margin: float = 0.0  # contrastive term: relu(margin - (ce_other_description - ce_own))
+    margin: float = 1.0  # nats
+    w_preserve: float = 0.0  # KL(base || adapted) on general text
+    preserve_tokens: int = 128  # tokens of general text per step (one window)
+    preserve_adapters: int = 2  # batch descriptions whose adapters read that window
+    preserve_skip: int = 1024  # general-text tokens left to the eval (T2LEvalConfig.preservation_tokens)
+    init_from: str | None = None  # warm start: a T2L checkpoint folder (network weights only)
     max_target_tokens: int = 40
     # network (T2LConfig fields)
     latent: int = 128
@@ -79,6 +92,10 @@ class T2LTrainConfig:
             "lr": self.lr > 0,
             "rank": self.rank >= 1,
             "max_target_tokens": self.max_target_tokens >= 1,
+            "w_margin": self.w_margin >= 0,
+            "w_preserve": self.w_preserve >= 0,
+            "preserve_tokens": self.preserve_tokens >= 2,
+            "preserve_adapters": self.preserve_adapters >= 1,
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
@@ -104,6 +121,11 @@ def example(base: BaseModel, beh: Behaviour, item, desc_index: int, max_tokens: 
 
 def sft_loss(base: BaseModel, batch: list[Example], weights: LoraWeights | None) -> Tensor:
     """Mean over sequences of the per-token CE of the targets, with ``weights`` applied."""
+    return sft_nll(base, batch, weights).mean()
+
+
+def sft_nll(base: BaseModel, batch: list[Example], weights: LoraWeights | None) -> Tensor:
+    """``[n_sequences]``: each sequence's mean per-token CE of its target, with ``weights`` applied."""
     seqs = [(p, t) for _, p, t in batch]
     ids, mask, predict = right_pad(seqs, pad_id(base.tokenizer))
     dev = base.device
@@ -117,7 +139,7 @@ def sft_loss(base: BaseModel, batch: list[Example], weights: LoraWeights | None)
     gold = torch.tensor([tok for _, t in seqs for tok in t], device=dev)
     nll = F.cross_entropy(logits.float(), gold, reduction="none")
     seq_of = torch.tensor([i for i, (_, t) in enumerate(seqs) for _ in t], device=dev)
-    return per_group_mean(nll, seq_of, len(seqs)).mean()
+    return per_group_mean(nll, seq_of, len(seqs))
 
 
 @dataclass
@@ -184,16 +206,65 @@ def val_batch(base: BaseModel, data: Data, label: str, cfg: T2LTrainConfig) -> l
     return out
 
 
-def net_loss(run: Run, batch: list[Example]) -> tuple[Tensor, dict[str, float]]:
-    index = torch.tensor([d for d, _, _ in batch])
+def partners(index: list[int]) -> list[int]:
+    """For each example, the description of the NEXT behaviour in the batch (cyclically): the examples
+    of one behaviour share one description, so this is always another behaviour's description."""
+    order = list(dict.fromkeys(index))
+    if len(order) < 2:
+        raise T2LTrainError("the contrastive margin needs batch_tasks >= 2")
+    return [order[(order.index(d) + 1) % len(order)] for d in index]
+
+
+def net_loss(run: Run, batch: list[Example], train: bool = False) -> tuple[Tensor, dict[str, float]]:
+    """SFT CE + L2; when training, also the contrastive margin and the preservation KL if weighted."""
+    cfg, n = run.cfg, len(batch)
+    own = [d for d, _, _ in batch]
+    contrast = train and cfg.w_margin > 0
+    index = torch.tensor(own + (partners(own) if contrast else []))
     uniq, inverse = torch.unique(index, return_inverse=True)
     weights = run.net.lora(run.data.emb[uniq].to(run.base.device), inverse.to(run.base.device))
-    ce = sft_loss(run.base, batch, weights)
+    nll = sft_nll(run.base, batch + batch if contrast else batch, weights)
+    ce = nll[:n].mean()
     l2 = sum(
         a.pow(2).mean() + b.pow(2).mean() for a, b in zip(weights.A.values(), weights.B.values(), strict=True)
     )
     l2 = l2 / len(weights.A)
-    return ce + run.cfg.w_l2 * l2, {"ce": ce.item(), "l2": l2.item()}
+    loss, stats = ce + cfg.w_l2 * l2, {"ce": ce.item(), "l2": l2.item()}
+    if contrast:
+        gap = nll[n:] - nll[:n]
+        margin = F.relu(cfg.margin - gap).mean()
+        loss = loss + cfg.w_margin * margin
+        stats |= {"ce_other": nll[n:].mean().item(), "spec": gap.mean().item(), "margin": margin.item()}
+    if train and cfg.w_preserve > 0:
+        kl = preserve_kl(run, uniq[: cfg.preserve_adapters])
+        loss = loss + cfg.w_preserve * kl
+        stats["kl_general"] = kl.item()
+    return loss, stats
+
+
+def general_windows(base: BaseModel, cfg: T2LTrainConfig) -> list[list[int]]:
+    """Windows of ``preserve_tokens`` general-text tokens after the first ``preserve_skip`` (which the
+    evaluation's preservation measurement reads), so the measurement is not trained on."""
+    ids = [t for text in general_texts() for t in base.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    rest, w = ids[cfg.preserve_skip :], cfg.preserve_tokens
+    windows = [rest[i : i + w] for i in range(0, len(rest) - 1, w)]
+    windows = [x for x in windows if len(x) >= 2]
+    if not windows:
+        raise T2LTrainError(f"no general text left after preserve_skip={cfg.preserve_skip} tokens")
+    return windows
+
+
+def preserve_kl(run: Run, descs: Tensor) -> Tensor:
+    """KL(base || adapted), mean per token, on one general-text window read by each ``descs`` adapter."""
+    windows = run.general or general_windows(run.base, run.cfg)
+    run.general = windows
+    ids = torch.tensor([windows[run.step % len(windows)]] * len(descs), device=run.base.device)
+    with torch.no_grad():
+        ref = F.log_softmax(run.base.model(input_ids=ids, use_cache=False).logits.float(), -1)
+    weights = run.net.lora(run.data.emb[descs].to(run.base.device))
+    with applied(run.base.model, weights):
+        out = F.log_softmax(run.base.model(input_ids=ids, use_cache=False).logits.float(), -1)
+    return (ref.exp() * (ref - out)).sum(-1).mean()
 
 
 # ---------------------------------------------------------------- the run
@@ -210,6 +281,7 @@ class Run:
     log: Log
     step: int = 0
     base_ce: dict[str, float] = field(default_factory=dict)  # validation CE of the base alone, once
+    general: list[list[int]] = field(default_factory=list)  # preservation windows, built on first use
 
 
 def setup(cfg: T2LTrainConfig, base: BaseModel, out_dir: Path, log: Log) -> Run:
@@ -237,12 +309,22 @@ def setup(cfg: T2LTrainConfig, base: BaseModel, out_dir: Path, log: Log) -> Run:
             "seconds": round(time.perf_counter() - start, 1),
         }
     )
+    if cfg.init_from:
+        warm_start(net, Path(cfg.init_from), base)
     if cfg.zscore:
         net.set_embedding_stats(data.emb[[i for _, descs in data.train for i in descs]].to(base.device))
     run = Run(cfg, base, net, opt, data, Path(out_dir), log)
     if (run.out_dir / "checkpoint" / "trainer.json").is_file():
         load_checkpoint(run, run.out_dir / "checkpoint")
     return run
+
+
+def warm_start(net: T2LHypernet, ckpt: Path, base: BaseModel) -> None:
+    """Copy a saved network's weights into ``net``; the shapes (targets, rank, latent) must match."""
+    try:
+        net.load_state_dict(load_t2l(ckpt, base.device, base).state_dict())
+    except (RuntimeError, T2LError) as exc:
+        raise T2LTrainError(f"cannot warm-start from {ckpt}: {str(exc).splitlines()[0]}") from exc
 
 
 def lr_at(cfg: T2LTrainConfig, step: int) -> float:
@@ -273,7 +355,7 @@ def fit(run: Run) -> None:
     while run.step < stop and time.monotonic() < deadline:
         for group in run.opt.param_groups:
             group["lr"] = lr_at(cfg, run.step)
-        loss, stats = net_loss(run, sample_batch(run.base, run.data, cfg, run.step))
+        loss, stats = net_loss(run, sample_batch(run.base, run.data, cfg, run.step), train=True)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         stats["grad_norm"] = nn.utils.clip_grad_norm_(run.net.parameters(), cfg.grad_clip).item()

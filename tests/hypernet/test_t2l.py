@@ -168,3 +168,29 @@ def test_zscored_embeddings_keep_their_statistics_in_the_checkpoint(tiny_base, t
     again = load_t2l(tmp_path / "z")
     assert again.cfg.zscore and torch.equal(again.emb_std, net.emb_std)
     assert not hasattr(_net(tiny_base), "emb_mean")  # the default reads a LayerNorm'd embedding
+
+
+def test_partners_pick_another_behaviours_description() -> None:
+    from hypernet.t2l_train import partners
+
+    assert partners([4, 4, 7, 7, 2]) == [7, 7, 2, 2, 4]
+    with pytest.raises(T2LTrainError, match="batch_tasks >= 2"):
+        partners([3, 3])
+
+
+def test_margin_and_preservation_terms_train_and_warm_start(tiny_base, tmp_path: Path) -> None:
+    extra = {"w_margin": 1.0, "margin": 0.5, "w_preserve": 1.0, "preserve_skip": 0, "preserve_tokens": 16}
+    cfg = T2LTrainConfig(**TINY | extra | {"steps": 20, "eval_every": 0})
+    records: list[dict] = []
+    final = train_t2l(cfg, tiny_base, tmp_path / "run", records.append)
+    trains = [r for r in records if r["kind"] == "train"]
+    assert {"ce_other", "spec", "margin", "kl_general"} <= trains[0].keys()
+    assert all(r["kl_general"] >= 0 for r in trains) and trains[-1]["ce"] < trains[0]["ce"]
+    warm = T2LTrainConfig(**TINY | {"steps": 1, "eval_every": 0, "init_from": str(final)})
+    again = train_t2l(warm, tiny_base, tmp_path / "warm", records.append)
+    assert load_t2l(again).cfg.rank == 4
+    with pytest.raises(T2LTrainError, match="cannot warm-start"):
+        bad = T2LTrainConfig(**TINY | {"rank": 2, "steps": 1, "init_from": str(final)})
+        train_t2l(bad, tiny_base, tmp_path / "bad", records.append)
+    with pytest.raises(ValueError, match="w_margin"):
+        T2LTrainConfig(w_margin=-1.0)
