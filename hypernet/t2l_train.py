@@ -45,6 +45,7 @@ from hypernet.lora import LoraWeights, applied
 from hypernet.metrics import general_texts, per_group_mean
 from hypernet.t2l import T2LConfig, T2LError, T2LHypernet, embed_descriptions, load_t2l, save_t2l
 from hypernet.t2l_tasks import Behaviour, behaviours
+from hypernet.trainer_state import jsonl_logger, load_optimizer, save_optimizer
 
 Log = Callable[[dict[str, Any]], None]
 Example = tuple[int, list[int], list[int]]  # (description index, prompt ids, target ids)
@@ -386,10 +387,8 @@ def save_checkpoint(run: Run) -> Path:
     tmp, final = run.out_dir / "checkpoint.tmp", run.out_dir / "checkpoint"
     shutil.rmtree(tmp, ignore_errors=True)
     save_t2l(run.net, tmp, training={"step": run.step})
-    state = run.opt.state_dict()
-    tensors = {f"{i}.{k}": v.contiguous() for i, s in state["state"].items() for k, v in s.items()}
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
-    meta = {"step": run.step, "config": run.cfg.to_dict(), "param_groups": state["param_groups"]}
+    param_groups = save_optimizer(run.opt, tmp)
+    meta = {"step": run.step, "config": run.cfg.to_dict(), "param_groups": param_groups}
     (tmp / "trainer.json").write_text(json.dumps(meta, indent=2) + "\n")
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
@@ -403,25 +402,9 @@ def load_checkpoint(run: Run, ckpt: Path) -> None:
     if changed:
         raise T2LTrainError(f"cannot resume from {ckpt}: the config differs in {changed}; use a new --out")
     run.net.load_state_dict(load_t2l(ckpt, run.base.device).state_dict())
-    state: dict[int, dict[str, Tensor]] = {}
-    for key, value in load_file(str(ckpt / "optimizer.safetensors")).items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    run.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    load_optimizer(run.opt, ckpt, meta["param_groups"])
     run.step = meta["step"]
     run.log({"kind": "resume", "step": run.step, "from": str(ckpt)})
-
-
-def jsonl_logger(path: Path, log: Log) -> Log:
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def emit(record: dict[str, Any]) -> None:
-        record = {"time": round(time.time(), 1), **record}
-        with path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        log(record)
-
-    return emit
 
 
 def train_t2l(cfg: T2LTrainConfig, base: BaseModel, out_dir: Path, log: Log, command: str = "") -> Path:

@@ -41,7 +41,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from hypernet.base_model import BaseModel, load_base_model
@@ -51,6 +50,7 @@ from hypernet.features import FeatureConfig, FeatureEncoder
 from hypernet.metrics import per_group_mean
 from hypernet.model import Hypernet, HypernetConfig, load_hypernet, save_hypernet, shared_fraction
 from hypernet.teacher import TeacherCache, answer_logprobs, make_batch
+from hypernet.trainer_state import jsonl_logger, load_optimizer, save_optimizer
 from hypernet.validate import Subject, validate
 
 Log = Callable[[dict[str, Any]], None]
@@ -428,11 +428,9 @@ def save_checkpoint(run: Run) -> Path:
     tmp, final = run.out_dir / "checkpoint.tmp", run.out_dir / "checkpoint"
     shutil.rmtree(tmp, ignore_errors=True)
     save_hypernet(run.net, tmp, training={"step": run.step})
-    state = run.opt.state_dict()
-    tensors = {f"{i}.{k}": v.contiguous() for i, s in state["state"].items() for k, v in s.items()}
-    save_file(tensors, str(tmp / "optimizer.safetensors"))
+    param_groups = save_optimizer(run.opt, tmp)
     meta = {
-        "step": run.step, "config": run.cfg.to_dict(), "param_groups": state["param_groups"],
+        "step": run.step, "config": run.cfg.to_dict(), "param_groups": param_groups,
         "corpus_manifest_sha256": run.corpus_sha256,
     }  # fmt: skip
     (tmp / "trainer.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -456,29 +454,12 @@ def load_checkpoint(run: Run, ckpt: Path) -> None:
             f"cannot resume from {ckpt}: it was trained on another corpus (manifest sha256 differs)"
         )
     run.net.load_state_dict(load_hypernet(ckpt, run.base.device).state_dict())
-    state: dict[int, dict[str, Tensor]] = {}
-    for key, value in load_file(str(ckpt / "optimizer.safetensors")).items():
-        index, name = key.split(".", 1)
-        state.setdefault(int(index), {})[name] = value
-    run.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    load_optimizer(run.opt, ckpt, meta["param_groups"])
     run.step = meta["step"]
     run.log({"kind": "resume", "step": run.step, "from": str(ckpt)})
 
 
 # ---------------------------------------------------------------- entry points
-
-
-def jsonl_logger(path: Path, log: Log) -> Log:
-    """Append every record to ``path`` (with a timestamp) and pass it on to ``log``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-
-    def emit(record: dict[str, Any]) -> None:
-        record = {"time": round(time.time(), 1), **record}
-        with path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
-        log(record)
-
-    return emit
 
 
 def train(
