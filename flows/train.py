@@ -90,6 +90,27 @@ def _experiment_id(client: MlflowClient, settings: Settings, name: str) -> str:
     return client.create_experiment(name, (settings.artifact_root / name).as_uri())
 
 
+def start_training_run(
+    client: MlflowClient,
+    settings: Settings,
+    experiment: str,
+    run_name: str,
+    base: Any,  # hypernet.base_model.BaseModel (imported lazily: torch)
+    device: str,
+    config: dict[str, Any],
+) -> str:
+    """An MLflow run for a training flow, tagged with the base model and device, ``config`` as params."""
+    run = client.create_run(
+        _experiment_id(client, settings, experiment),
+        run_name=run_name,
+        tags={"base_model_id": base.model_id, "base_model_sha256": base.weights_sha256, "device": device},
+    )
+    run_id = run.info.run_id
+    for key, value in params_of(config, "cfg").items():
+        client.log_param(run_id, key, value)
+    return run_id
+
+
 @flow(name="train-hypernet")
 def train_hypernet(
     out_dir: str,
@@ -119,15 +140,8 @@ def train_hypernet(
     cfg = TrainConfig(**fields)
     base = load_base(settings, base_model, device=device, threads=threads)
     client = MlflowClient(tracking_uri=settings.tracking_uri)
-    run = client.create_run(
-        _experiment_id(client, settings, experiment),
-        run_name=Path(out_dir).name,
-        tags={"base_model_id": base.model_id, "base_model_sha256": base.weights_sha256, "device": device},
-    )
-    run_id = run.info.run_id
+    run_id = start_training_run(client, settings, experiment, Path(out_dir).name, base, device, cfg.to_dict())
     client.log_dict(run_id, cfg.to_dict(), "train_config.json")
-    for key, value in params_of(cfg.to_dict(), "cfg").items():
-        client.log_param(run_id, key, value)
     try:
         final = train(cfg, base, Path(out_dir), MlflowLogger(client, run_id, echo))
     except BaseException:

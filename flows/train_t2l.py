@@ -16,7 +16,7 @@ from typing import Any
 from mlflow import MlflowClient
 from prefect import flow
 
-from flows.train import MlflowLogger, _experiment_id, params_of
+from flows.train import MlflowLogger, start_training_run
 from tasks.settings import DEFAULT_BASE_MODEL, Settings
 
 EXPERIMENT = "instill-t2l"
@@ -46,14 +46,7 @@ def train_t2l(
     cfg = T2LTrainConfig(**(options or {}))
     base = load_base(settings, base_model, device=device, threads=threads)
     client = MlflowClient(tracking_uri=settings.tracking_uri)
-    run = client.create_run(
-        _experiment_id(client, settings, experiment),
-        run_name=Path(out_dir).name,
-        tags={"base_model_id": base.model_id, "base_model_sha256": base.weights_sha256, "device": device},
-    )
-    run_id = run.info.run_id
-    for key, value in params_of(cfg.to_dict(), "cfg").items():
-        client.log_param(run_id, key, value)
+    run_id = start_training_run(client, settings, experiment, Path(out_dir).name, base, device, cfg.to_dict())
     command = "instill " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     try:
         final = train(cfg, base, Path(out_dir), MlflowLogger(client, run_id, echo), command=command)
