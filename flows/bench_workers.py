@@ -10,7 +10,9 @@ the only difference is how many run at once. Reported: documents per hour of eac
 of `instill refresh`, its start-up included), two workers over one (target >= 1.7x), and per batch the
 overhead of the distributed path: waiting for a worker (scheduling and the flow run's process start),
 loading the base model and generator, and the time around the generator (store and catalog writes).
-The machine's load average is recorded beside the figures.
+With ``--s3`` every mode stores its adapters on a private S3 server (moto, on loopback; a fresh prefix
+per mode), so that time includes the S3 round trips of a real pool. The machine's load average is
+recorded beside the figures.
 """
 
 from __future__ import annotations
@@ -40,6 +42,9 @@ DEPLOYMENT = "generate-adapters/bench"
 TARGET_SPEEDUP = 1.7
 WORDS = ["station", "harbour", "engineer", "ferry", "archive", "valve", "orchard", "beacon"]
 FIRST, LAST = ["Mara", "Oren", "Ilse", "Tomas", "Ada"], ["Quill", "Daltry", "Brand"]
+S3_BUCKET = "instill-bench"
+# moto accepts any key pair; the store reads them from these variables, as it would real ones
+S3_KEY_ENV = ("BENCH_S3_KEY_ID", "BENCH_S3_SECRET")
 
 
 def documents(n: int) -> dict[str, str]:
@@ -76,7 +81,49 @@ def _env(home: Path, api_url: str, prefect_home: Path, model_cache: Path) -> dic
         "PYTHONPATH": str(REPO),
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
+        S3_KEY_ENV[0]: "bench",
+        S3_KEY_ENV[1]: "bench-secret",
     }
+
+
+@contextlib.contextmanager
+def _s3(folder: Path):
+    """A private S3 server (moto) with the bench's bucket; yields its endpoint URL."""
+    import boto3
+    import httpx
+
+    folder.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{_free_port()}"
+    cmd = [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", url.rsplit(":", 1)[1]]
+    log = (folder / "s3.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{url}/moto-api/", timeout=2).status_code == 200:
+                    break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the S3 server did not start (see {folder / 's3.log'})")
+            time.sleep(0.3)
+        client = boto3.client(
+            "s3", endpoint_url=url, region_name="us-east-1",
+            aws_access_key_id="bench", aws_secret_access_key="bench-secret",
+        )  # fmt: skip
+        client.create_bucket(Bucket=S3_BUCKET)
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def s3_store(url: str, prefix: str) -> dict:
+    """The ``store:`` section for the bench's S3 server under ``prefix`` (key variable names only)."""
+    return {
+        "kind": "s3", "bucket": S3_BUCKET, "prefix": prefix, "endpoint_url": url, "region": "us-east-1",
+        "access_key_id_env": S3_KEY_ENV[0], "secret_access_key_env": S3_KEY_ENV[1],
+    }  # fmt: skip
 
 
 @contextlib.contextmanager
@@ -264,6 +311,7 @@ def bench_workers(
     docs: Annotated[int, typer.Option(min=2, help="Documents in the fixed set.")] = 8,
     steps: Annotated[int | None, typer.Option(help="Override a cd generator's steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size (default: half the documents).")] = None,
+    s3: Annotated[bool, typer.Option("--s3", help="Store adapters on a private S3 server (moto).")] = False,
 ) -> None:
     """Documents per hour: embedded, one worker, two workers (a private Prefect server, process pool)."""
     from flows.console import settings_for
@@ -279,15 +327,17 @@ def bench_workers(
     load = os.getloadavg()
     work = settings.home.resolve() / "bench-workers"  # logs and homes of the last run, kept
     shutil.rmtree(work, ignore_errors=True)
-    with _server(work / "server") as url:
-        rows = [
-            _mode(name, work / name.replace(" ", "-"), base, fixed, url, settings.models_dir, workers, batch)
-            for name, workers in (("embedded", 0), ("one worker", 1), ("two workers", 2))
-        ]
+    with _server(work / "server") as url, (_s3(work / "s3") if s3 else contextlib.nullcontext()) as s3_url:
+        rows = []
+        for name, workers in (("embedded", 0), ("one worker", 1), ("two workers", 2)):
+            folder = work / name.replace(" ", "-")
+            kb_base = base | ({"store": s3_store(s3_url, folder.name)} if s3 else {})
+            rows.append(_mode(name, folder, kb_base, fixed, url, settings.models_dir, workers, batch))
     speedup = rows[2]["docs_per_hour"] / rows[1]["docs_per_hour"]
     figures = {
         "documents": docs,
         "batch_size": batch,
+        "store": "s3 (moto on loopback)" if s3 else "local",
         "generator": base["generator"],
         "rows": rows,
         "two_over_one": round(speedup, 2),
