@@ -27,6 +27,7 @@ from hypernet.batching import pad_id, right_pad, shared_prefix_logprobs
 from hypernet.config import CDConfig
 from hypernet.lora import LoraWeights, applied, target_linears
 from hypernet.probes import Probe, sentence_probes
+from hypernet.spans import blank_probes
 
 __all__ = ["CDConfig", "CDError", "CDResult", "DistillTargets", "build_targets", "distill", "distill_loss"]
 
@@ -87,6 +88,8 @@ def distill(
     start = time.perf_counter()
     text, doc_tokens, notes = _truncate(base, text, cfg.max_doc_tokens)
     probes = sentence_probes(text, cfg.max_probes, cfg.seed)
+    if probes and cfg.blank_probes:
+        probes += [Probe(b.question, b.answer) for b in blank_probes(text, cfg.blank_probes, cfg.seed)]
     if not probes:
         raise CDError(f"document has fewer than 6 words ({len(text.split())}): nothing to distil")
     targets = build_targets(base, text, probes, cfg.top_k)

@@ -27,6 +27,9 @@ class CDConfig:
     # sentences are drawn left the new adapter 0.39 nats worse than the old one on unchanged sentences (the
     # regression gate failed); with 16 the same edit moved them by 0.04 (examples/kb/on-call-policy.md).
     max_probes: int = 16
+    # fill-in-the-blank probes on informative spans (``hypernet.spans.blank_probes``) added to the
+    # continuation probes; 0 = continuation probes only
+    blank_probes: int = 0
     max_doc_tokens: int = 1024
     # 0 = KL over the full vocabulary; k > 0 = KL over the teacher's top-k tokens (renormalised)
     top_k: int = 0
@@ -39,6 +42,7 @@ class CDConfig:
             "lr": self.lr > 0,
             "weight_decay": self.weight_decay >= 0,
             "max_probes": self.max_probes >= 1,
+            "blank_probes": self.blank_probes >= 0,
             "max_doc_tokens": self.max_doc_tokens >= 16,
             "top_k": self.top_k >= 0,
         }

@@ -79,7 +79,7 @@ class KnowledgeProbe:
     question: str
     answer: str
     kind: str  # one of SPAN_TYPES, or "continuation"
-    style: str  # "cloze" | "template"
+    style: str  # "cloze" | "template" | "blank"
 
 
 def find_spans(sentence: str) -> list[Span]:
@@ -155,6 +155,33 @@ def knowledge_probes(text: str, max_probes: int = 8, seed: int = 0) -> list[Know
                     seen_answers.add(key)
                     chosen.append(probe)
     return chosen
+
+
+BLANK_PREFIX = "Fill in the blank with the words from the document: "
+BLANK = "___"
+
+
+def blank_probes(text: str, max_probes: int = 8, seed: int = 0) -> list[KnowledgeProbe]:
+    """Up to ``max_probes`` fill-in-the-blank probes: a sentence with one informative span blanked out.
+
+    Context distillation trains on these beside the continuation probes, so an adapter stores the
+    document's names, numbers and terms with the words on *both* sides of them, not only as the end of a
+    half sentence. Their wording differs from the evaluation's cloze (``cloze_probes``: the sentence up to
+    the span, no blank, no right context), so a gain there is knowledge, not a learned question format.
+    One span per sentence, sentences spread over the document (seeded).
+    """
+    rng = random.Random(f"blanks:{seed}")
+    candidates = []
+    for sentence in split_sentences(text):
+        spans = [s for s in find_spans(sentence) if len(sentence.split()) >= MIN_PREFIX_WORDS + 2]
+        if spans:
+            span = spans[rng.randrange(len(spans))]
+            shown = sentence[: span.start] + BLANK + sentence[span.end :]
+            candidates.append(KnowledgeProbe(BLANK_PREFIX + shown, span.text(sentence), span.type, "blank"))
+    if len(candidates) <= max_probes:
+        return candidates
+    bounds = [round(i * len(candidates) / max_probes) for i in range(max_probes + 1)]
+    return [candidates[rng.randrange(lo, hi)] for lo, hi in zip(bounds, bounds[1:], strict=False)]
 
 
 def distractors(

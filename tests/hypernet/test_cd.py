@@ -81,6 +81,15 @@ def test_distillation_lowers_kl_from_the_base_models_value(tiny_base) -> None:
     assert len(result.losses) == FAST.steps and result.seconds > 0
 
 
+def test_blank_probes_are_distilled_beside_the_continuation_probes(tiny_base) -> None:
+    plain = distill(tiny_base, DOC, CDConfig(steps=2, lr=1e-2))
+    mixed = distill(tiny_base, DOC, CDConfig(steps=2, lr=1e-2, blank_probes=3))
+    assert mixed.probes[: len(plain.probes)] == plain.probes
+    blanks = mixed.probes[len(plain.probes) :]
+    assert len(blanks) == 3 and all("___" in p.question for p in blanks)
+    assert mixed.final_loss < mixed.losses[0]
+
+
 def test_distilled_adapter_changes_the_logits(tiny_base) -> None:
     weights = distill(tiny_base, DOC, FAST).weights
     ids, _ = chat_ids(tiny_base.tokenizer, "Who was the chief engineer?")

@@ -6,7 +6,10 @@ import pytest
 
 from hypernet.probes import QUESTION_PREFIX
 from hypernet.spans import (
+    BLANK,
+    BLANK_PREFIX,
     KnowledgeProbe,
+    blank_probes,
     cloze_probes,
     distractors,
     find_spans,
@@ -78,3 +81,17 @@ def test_distractors_come_from_the_same_span_type_and_never_equal_the_gold():
     assert wrong == distractors(gold, pool, k=3, seed=1)
     with pytest.raises(ValueError, match="need 3 other answers"):
         distractors(gold, [gold], k=3)
+
+
+def test_blank_probes_blank_one_span_per_sentence_and_keep_both_sides():
+    probes = blank_probes(TEXT, max_probes=8)
+    assert probes and all(p.style == "blank" and p.question.startswith(BLANK_PREFIX) for p in probes)
+    for p in probes:
+        shown = p.question.removeprefix(BLANK_PREFIX)
+        assert shown.count(BLANK) == 1
+        restored = shown.replace(BLANK, p.answer)
+        assert restored in " ".join(TEXT.split())  # the blank is exactly the answer's place
+    restored = {p.question.removeprefix(BLANK_PREFIX).replace(BLANK, p.answer) for p in probes}
+    assert len(restored) == len(probes)  # one per sentence
+    assert blank_probes(TEXT, max_probes=2, seed=3) == blank_probes(TEXT, max_probes=2, seed=3)
+    assert len(blank_probes(TEXT, max_probes=2)) == 2
