@@ -38,15 +38,14 @@ def gate(config: str, adapter_id: int, flow_run_id: str | None = None) -> GateOu
         version = adapter.document_version
         doc = version.document
         text = rt.store.get_bytes(version.text_uri).decode("utf-8")
-        if adapter.kind is DocumentKind.INSTRUCTION:
-            folder, document = rt.store.get_dir(adapter.store_uri), doc.label
-            return _instruction_gate(rt, adapter_id, document, text, folder)
-        qa_file = _qa_file(rt, doc.source.name, version.path)
-        other = queries.other_document_version(session, doc)
-        other_text = rt.store.get_bytes(other.text_uri).decode("utf-8") if other else None
-        previous = _previous(session, rt, doc.id, adapter.id)
-        folder = rt.store.get_dir(adapter.store_uri)
-        document = doc.label
+        kind, folder, document = adapter.kind, rt.store.get_dir(adapter.store_uri), doc.label
+        if kind is DocumentKind.KNOWLEDGE:
+            qa_file = _qa_file(rt, doc.source.name, version.path)
+            other = queries.other_document_version(session, doc)
+            other_text = rt.store.get_bytes(other.text_uri).decode("utf-8") if other else None
+            previous = _previous(session, rt, doc.id, adapter.id)
+    if kind is DocumentKind.INSTRUCTION:  # after the read transaction: SQLite holds one writer at a time
+        return _instruction_gate(rt, adapter_id, document, text, folder)
     weights = load_adapter(folder)
     base = rt.generator().base
     try:
