@@ -306,7 +306,7 @@ class Answerer:
             weights = parts[0] if len(parts) == 1 else combine(parts, how=how)
         if strategy in ("rag", "rag+cat"):
             context = rag_context([d.text for d in chosen], self.serving.rag_max_words)
-        instructions = self.instructions()
+        instructions = [d for d in self.instructions() if d not in chosen]  # a named one is applied once
         if instructions:
             extra = [self.cache.weights(d) for d in instructions]
             weights = apply_together(([weights] if weights is not None else []) + extra)
