@@ -7,6 +7,7 @@ import hashlib
 
 from sqlalchemy import select
 
+from hypernet.adapter import read_lineage
 from tasks.audit import audit_adapter
 from tasks.catalog.db import session_scope
 from tasks.catalog.models import Adapter, QAResult
@@ -60,6 +61,7 @@ def test_an_instruction_document_gets_a_t2l_adapter_gated_registered_and_labelle
     assert lineage["kind"] == "instruction" and lineage["generator"]["kind"] == "t2l"
     assert lineage["source_revision"] == style.document_version.source_revision
     assert lineage["parser"] == "instruction"
+    assert read_lineage(rt.store.get_dir(style.store_uri))["kind"] == "instruction", "instill.json too"
     assert [row["kind"] for row in summary["registered"] if row["document"] == "docs:style.md"] == [
         "instruction"
     ]
