@@ -76,7 +76,7 @@ def test_refresh_on_smollm2_gives_an_instruction_document_the_shipped_t2l_adapte
     rt = runtime(config)
     from tasks.audit import audit_adapter
 
-    model = f"smol-docs-{audit_status_id(rt)}"
+    model = f"smol-docs-{only_document_id(rt)}"
     record = audit_adapter(str(config), f"{model}@1")
     assert record["kind"] == "instruction" and record["generator"]["kind"] == "t2l"
     assert set(record["targets"]) == {"q_proj", "v_proj"}
@@ -87,7 +87,7 @@ def test_refresh_on_smollm2_gives_an_instruction_document_the_shipped_t2l_adapte
     forget_runtimes()
 
 
-def audit_status_id(rt) -> int:
+def only_document_id(rt) -> int:
     """The catalog id of the only document (the registered model's suffix)."""
     from tasks.catalog.models import Document
 
