@@ -302,9 +302,8 @@ def _instruction_file(
     """An instruction document: the ``t2l`` generator on its body, then the instruction gate."""
     from tasks.instruction import InstructionGateConfig, instruction_gate
 
-    options = (
-        dict(cfg.options) if cfg.name == INSTRUCTION_GENERATOR else {}
-    )  # a configured t2l keeps its checkpoint
+    # A configured t2l keeps its checkpoint; any other generator's options mean nothing to T2L.
+    options = dict(cfg.options) if cfg.name == INSTRUCTION_GENERATOR else {}
     gen = build_generator(
         settings, GeneratorConfig(name=INSTRUCTION_GENERATOR, base_model=cfg.base_model, options=options)
     )

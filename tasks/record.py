@@ -171,9 +171,9 @@ def _parse(data: bytes, filename: str, whole: bool) -> _Parsed:
         p = parse()
         return _Parsed(DocumentKind.KNOWLEDGE, p.text, p.text_sha256, p.parser, p.parser_version, p.title)
     sha = hashlib.sha256(body.encode("utf-8")).hexdigest()
-    how = (
-        "source content" if whole and instruction.instruction_text(data, filename) is None else "front matter"
-    )
+    # Which declaration made it an instruction, recorded as the "parser version" of its text.
+    declared = instruction.instruction_text(data, filename) is not None
+    how = "front matter" if declared else "source content"
     return _Parsed(DocumentKind.INSTRUCTION, body, sha, instruction.PARSER, how, None)
 
 
