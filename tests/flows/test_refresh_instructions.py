@@ -14,7 +14,7 @@ from tasks.catalog.models import Adapter, QAResult
 from tasks.catalog.types import AdapterState
 from tasks.runtime import runtime
 from tests.fixtures.instructions import STYLE, instruction_kb
-from tests.fixtures.kb import refresh
+from tests.fixtures.kb import instill, refresh
 from tests.fixtures.models import make_tiny_t2l
 
 BODY = "Mention the refund policy number in every reply."
@@ -68,6 +68,14 @@ def test_an_instruction_document_gets_a_t2l_adapter_gated_registered_and_labelle
 
     code, again, out = refresh(config, tmp_path / "two.json")
     assert sum(again["changed"].values()) == 0 and again["generated"] == 0, out
+
+    # A new revision is promoted and rolled back like any adapter.
+    (tmp_path / "docs" / "style.md").write_text(STYLE + "Quote it as POL-7.\n")
+    code, third, out = refresh(config, tmp_path / "three.json")
+    assert rt.registry.alias(style.registered_model, "production") == "2", out
+    code, out = instill("rollback", "docs:style.md", "--reason", "test", "--config", str(config))
+    assert code == 0, out
+    assert rt.registry.alias(style.registered_model, "production") == "1"
 
 
 def test_a_failed_instruction_gate_is_reported_and_production_stays_empty(
