@@ -49,6 +49,7 @@ app.command("bench-workers")(command(bench_workers))
 app.command("pool-setup")(command(pool_setup))
 app.command("train-t2l")(command(ml.train_t2l))
 app.command("eval-t2l")(command(ml.eval_t2l))
+app.command("eval-t2l-combined")(command(ml.eval_t2l_combined))
 app.command("text-to-lora")(command(ml.text_to_lora))
 corpus_app.command("build")(command(ml.corpus_build))
 

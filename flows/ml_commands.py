@@ -296,3 +296,43 @@ def eval_t2l(
     net, ckpt = _t2l_net(model, checkpoint)
     result = run_t2l_eval(model, net, cfg, _progress, checkpoint=str(ckpt))
     write_report(result, to_markdown(result), json_path, md_path)
+
+
+def eval_t2l_combined(
+    doc: Annotated[Path, typer.Option("--doc", help="The knowledge document whose adapter is combined.")],
+    json_path: Annotated[Path, typer.Option("--json", help="Write the results here (JSON).")],
+    md_path: Annotated[
+        Path | None, typer.Option("--md", help="Markdown table (default: beside --json).")
+    ] = None,
+    generator: Annotated[str, typer.Option("--generator", help="Knowledge generator.")] = "hypernet+cd",
+    steps: Annotated[int, typer.Option("--steps", help="Its distillation steps (cd, hypernet+cd).")] = 5,
+    probes: Annotated[int, typer.Option("--probes", help="The document's sentence probes.")] = 8,
+    base: BaseOption = DEFAULT_BASE_MODEL,
+    checkpoint: Annotated[
+        Path | None, typer.Option("--checkpoint", help="T2L checkpoint dir (default: the one shipped).")
+    ] = None,
+    sets: SetOption = None,
+    device: DeviceOption = None,
+    threads: ThreadsOption = 1,
+    config: ConfigOption = None,
+) -> None:
+    """Measure an instruction adapter applied together with a knowledge adapter (as `ask` does):
+    compliance and the document's answer NLL, each alone and together (``--set`` any field of
+    hypernet.t2l_combined.CombinedEvalConfig)."""
+    settings = settings_for(config)
+    from hypernet.generators import make_generator
+    from hypernet.probes import sentence_probes
+    from hypernet.t2l_combined import CombinedEvalConfig, run_combined_eval, to_markdown
+    from tasks.parse import parse_document
+
+    cfg = config_fields(CombinedEvalConfig, sets)
+    text = parse_document(doc.read_bytes(), doc.name).text
+    model = _load_base(settings, base, device, threads)
+    net, ckpt = _t2l_net(model, checkpoint)
+    options = {"steps": steps} if generator in ("cd", "hypernet+cd") else {}
+    made = make_generator(generator, model, options).generate(text)
+    _progress({"knowledge_adapter": generator, "seconds": round(made.seconds, 1)})
+    meta = {"document": str(doc), "generator": generator, "steps": steps, "checkpoint": str(ckpt)}
+    found = sentence_probes(text, max_probes=probes, seed=0)
+    result = run_combined_eval(model, net, made.weights, found, cfg, _progress, **meta)
+    write_report(result, to_markdown(result), json_path, md_path)

@@ -155,7 +155,7 @@ def nothing_to_do(config: str, plans: list[SourcePlan]) -> bool:
         return False
     for plan in plans:
         todo = sweep(config, plan.source)
-        if todo.versions or todo.ungated or todo.unregistered or todo.deleted:
+        if todo.versions or todo.instructions or todo.ungated or todo.unregistered or todo.deleted:
             return False
     return True
 
@@ -228,24 +228,23 @@ def run_refresh(
 def _generate_and_gate(config: str, source: str, todo, run_id, steps: Steps, progress: StepProgress):
     """Generate the pending versions and gate the new adapters (and the leftovers), here or on the pool.
 
-    Returns the generate and gate outcomes, and the adapters still without a verdict (a worker died
-    before gating them): those are not registered; the next refresh gates them."""
+    Knowledge versions go through the configured generator, instruction versions through Text-to-LoRA
+    (each with its own generator row); `gate` picks each adapter's gates by its kind. Returns the
+    generate and gate outcomes, and the adapters still without a verdict (a worker died before gating
+    them): those are not registered; the next refresh gates them."""
     kb = runtime(config).kb
+    work = [(todo.versions, todo.generator_id, "generate")]
+    if todo.instructions:
+        work.append((todo.instructions, todo.instruction_generator_id, "instructions"))
     if kb.execution.distributed:
-        ungated = todo.ungated if kb.gates.enabled else []
-        if not todo.versions and not ungated:
-            return [], [], set()
-        done = progress.each(
-            f"{source}: generate and gate on pool {kb.execution.pool}",
-            [todo],
-            lambda t: steps.dispatch(config, t.versions, ungated, t.generator_id, run_id),
-        )[0]
-        return done.generated, done.gated, set(done.not_gated)
-    generated = progress.each(
-        f"{source}: generate",
-        todo.versions,
-        lambda v: steps.generate(config, v, todo.generator_id, run_id),
-    )
+        return _dispatch(config, source, todo, work, run_id, steps, progress)
+    generated = []
+    for versions, generator_id, label in work:
+        generated += progress.each(
+            f"{source}: {label}",
+            versions,
+            lambda v, g=generator_id: steps.generate(config, v, g, run_id),
+        )
     new = [g.adapter_id for g in generated if g.adapter_id is not None]
     gated = (
         progress.each(f"{source}: gates", _merge(todo.ungated, new), lambda a: steps.gate(config, a, run_id))
@@ -253,6 +252,26 @@ def _generate_and_gate(config: str, source: str, todo, run_id, steps: Steps, pro
         else []
     )
     return generated, gated, set()
+
+
+def _dispatch(config: str, source: str, todo, work, run_id, steps: Steps, progress: StepProgress):
+    """The pool's share: one dispatch per generator (its batches keyed on its fingerprint); the
+    leftover adapters to gate ride with the first."""
+    kb = runtime(config).kb
+    ungated = todo.ungated if kb.gates.enabled else []
+    generated, gated, not_gated = [], [], set()
+    for versions, generator_id, _ in work:
+        if not versions and not ungated:
+            continue
+        done = progress.each(
+            f"{source}: generate and gate on pool {kb.execution.pool}",
+            [versions],
+            lambda v, g=generator_id, u=ungated: steps.dispatch(config, v, u, g, run_id),
+        )[0]
+        generated, gated = generated + done.generated, gated + done.gated
+        not_gated |= set(done.not_gated)
+        ungated = []
+    return generated, gated, not_gated
 
 
 def _registry_call(step, *args, **kwargs):
@@ -338,7 +357,9 @@ def _tally(
             )
     for r in registered:
         if not r.gated_out:  # a failed adapter's version holds its metrics but is not for serving
-            summary.registered.append({"model": r.model, "version": r.version, "document": r.document})
+            summary.registered.append(
+                {"model": r.model, "version": r.version, "document": r.document, "kind": r.kind}
+            )
     summary.retired += retired
     return {
         "changed": len(outcomes),

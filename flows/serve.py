@@ -204,7 +204,12 @@ def create_app(answerer: Answerer) -> FastAPI:
             return error(exc.status, str(exc), code=exc.code)
         max_new = req.max_completion_tokens or req.max_tokens
         cid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
-        extra = {"strategy": plan.strategy, "routed": plan.routed, "adapters": plan.describe()}
+        extra = {
+            "strategy": plan.strategy,
+            "routed": plan.routed,
+            "adapters": plan.describe(),
+            "instructions": plan.describe_instructions(),
+        }
         if req.stream:
             return StreamingResponse(
                 _sse(answerer, messages, plan, max_new, req.temperature, cid, created, req.model, extra),

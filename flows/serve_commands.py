@@ -25,6 +25,13 @@ def ask(
     strategy: StrategyOption = None,
     alias: Annotated[str, typer.Option("--alias", help="The registry alias to answer with.")] = "production",
     max_tokens: Annotated[int | None, typer.Option("--max-tokens", help="Most new tokens.")] = None,
+    instruction: Annotated[
+        bool | None,
+        typer.Option(
+            "--instruction/--no-instruction",
+            help="Apply the production instruction adapter (default: serving.apply_instruction).",
+        ),
+    ] = None,
     config: ConfigOption = None,
     as_json: JsonFlag = False,
 ) -> None:
@@ -33,7 +40,9 @@ def ask(
     from tasks.answer import Answerer, AnswerError
 
     with user_errors(AnswerError):
-        answerer = Answerer(str(settings.config), alias=alias, strategy=strategy)
+        answerer = Answerer(
+            str(settings.config), alias=alias, strategy=strategy, apply_instruction=instruction
+        )
         plan = answerer.plan(question, doc)
         finish: dict = {}
         pieces = []
@@ -50,6 +59,7 @@ def ask(
             "strategy": plan.strategy,
             "routed": plan.routed,
             "adapters": plan.describe(),
+            "instructions": plan.describe_instructions(),
             "finish_reason": finish.get("reason"),
         }
         out.print_json(json.dumps(record))
@@ -62,6 +72,12 @@ def ask(
         console.print(
             f"[dim]  {entry['document']}  {entry['model']} v{entry['version']}  "
             f"sha256 {entry['adapter_sha256'][:12]}{score}[/]",
+            highlight=False,
+        )
+    for entry in plan.describe_instructions():
+        console.print(
+            f"[dim]instruction adapter: {entry['document']}  {entry['model']} v{entry['version']}  "
+            f"sha256 {entry['adapter_sha256'][:12]}[/]",
             highlight=False,
         )
 

@@ -75,6 +75,31 @@ def concat_rank(parts: list[LoraWeights]) -> LoraWeights:
     return LoraWeights(A, B, 1.0)
 
 
+def apply_together(parts: list[LoraWeights]) -> LoraWeights:
+    """Adapters of different modules (an instruction's ``q_proj``/``v_proj`` and a document's
+    ``down_proj``) as one that applies them all at once: each module gets the sum of the updates of the
+    parts that target it.
+
+    A module several parts target is concatenated along rank (``concat_rank``'s maths, scaling folded
+    into B). ``LoraWeights`` holds one rank, so every module is zero-padded to the largest: zero rows of
+    A and columns of B add nothing to the update."""
+    if not parts:
+        raise ValueError("apply_together needs at least one adapter")
+    paths = list(dict.fromkeys(p for w in parts for p in w.modules))
+    A, B = {}, {}
+    for p in paths:
+        having = [w for w in parts if p in w.A]
+        A[p] = torch.cat([w.A[p] for w in having], dim=-2)
+        B[p] = torch.cat([w.B[p] * w.scaling for w in having], dim=-1)
+    rank = max(a.shape[-2] for a in A.values())
+    for p in paths:
+        pad = rank - A[p].shape[-2]
+        if pad:
+            A[p] = torch.cat([A[p], A[p].new_zeros(*A[p].shape[:-2], pad, A[p].shape[-1])], dim=-2)
+            B[p] = torch.cat([B[p], B[p].new_zeros(*B[p].shape[:-1], pad)], dim=-1)
+    return LoraWeights(A, B, 1.0)
+
+
 def target_linears(model: nn.Module, target: str = "down_proj") -> dict[str, nn.Linear]:
     """Every ``nn.Linear`` whose leaf name is ``target``, keyed by its module path."""
     found = {

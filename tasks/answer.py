@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from tasks.aliases import PRODUCTION, model_name
 from tasks.catalog import queries
 from tasks.runtime import Runtime, runtime
+from tasks.settings import KIND_TAG, DocumentKind
 
 if TYPE_CHECKING:
     from hypernet.base_model import BaseModel
@@ -52,6 +53,17 @@ class LiveDocument:
     text: str  # the parsed text of the adapter's document version
     title: str | None = None
     qa: dict[str, float | None] = field(default_factory=dict, hash=False, compare=False)
+    kind: str = DocumentKind.KNOWLEDGE.value  # an instruction adapter is applied to every answer
+
+
+def _entry(doc: LiveDocument, score: float | None = None) -> dict[str, Any]:
+    return {
+        "document": doc.label,
+        "model": doc.model,
+        "version": doc.version,
+        "adapter_sha256": doc.sha256,
+        "score": score,
+    }
 
 
 @dataclass
@@ -64,18 +76,13 @@ class Plan:
     weights: LoraWeights | None
     context: str | None
     routed: bool
+    instructions: list[LiveDocument] = field(default_factory=list)  # applied with the knowledge adapters
 
     def describe(self) -> list[dict[str, Any]]:
-        return [
-            {
-                "document": d.label,
-                "model": d.model,
-                "version": d.version,
-                "adapter_sha256": d.sha256,
-                "score": s,
-            }
-            for d, s in zip(self.documents, self.scores, strict=True)
-        ]
+        return [_entry(d, s) for d, s in zip(self.documents, self.scores, strict=True)]
+
+    def describe_instructions(self) -> list[dict[str, Any]]:
+        return [_entry(d) for d in self.instructions]
 
 
 def production_documents(rt: Runtime, alias: str = PRODUCTION) -> list[LiveDocument]:
@@ -95,14 +102,15 @@ def production_documents(rt: Runtime, alias: str = PRODUCTION) -> list[LiveDocum
             adapter = queries.adapter_registered_as(session, model, str(mv.version))
             text = ""
             qa: dict[str, float | None] = {}
+            kind = mv.tags.get(KIND_TAG, DocumentKind.KNOWLEDGE.value)
             if adapter is not None:
+                kind = adapter.kind.value
                 qa = {f"{r.suite}.{r.metric}": r.value for r in adapter.qa_results}
                 uri = adapter.document_version.text_uri
                 if uri:
                     text = rt.store.get_bytes(uri).decode("utf-8")
-            docs.append(
-                LiveDocument(doc.label, model, str(mv.version), mv.tags.get(SHA_TAG, ""), text, doc.title, qa)
-            )
+            sha = mv.tags.get(SHA_TAG, "")
+            docs.append(LiveDocument(doc.label, model, str(mv.version), sha, text, doc.title, qa, kind))
     return docs
 
 
@@ -209,9 +217,11 @@ class Answerer:
         router: str | None = None,
         top_k: int | None = None,
         poll_seconds: float | None = None,
+        apply_instruction: bool | None = None,
     ) -> None:
         self.rt = runtime(config)
         serving = self.rt.kb.serving
+        self.apply_instruction = serving.apply_instruction if apply_instruction is None else apply_instruction
         self.strategy = strategy or serving.strategy
         if self.strategy not in STRATEGIES:
             raise AnswerError(f"unknown strategy {self.strategy!r}: one of {', '.join(STRATEGIES)}")
@@ -240,7 +250,14 @@ class Answerer:
         return self.rt.kb.name
 
     def documents(self) -> list[LiveDocument]:
-        return self.view.documents()
+        """The live knowledge documents: what routing and the strategies choose from."""
+        return [d for d in self.view.documents() if d.kind != DocumentKind.INSTRUCTION]
+
+    def instructions(self) -> list[LiveDocument]:
+        """The live instruction adapters applied to every answer (none when ``apply_instruction`` is off)."""
+        if not self.apply_instruction:
+            return []
+        return [d for d in self.view.documents() if d.kind == DocumentKind.INSTRUCTION]
 
     def router(self, docs: Sequence[LiveDocument]) -> Router:
         from tasks.route import make_router
@@ -277,6 +294,9 @@ class Answerer:
         return self.plan_for(strategy, chosen, scores, routed)
 
     def plan_for(self, strategy: str, chosen: list[LiveDocument], scores: list, routed: bool) -> Plan:
+        """The strategy's knowledge adapters and context, with every live instruction adapter applied
+        together with them (different modules: both behaviours at once; over `rag`'s prompt alone)."""
+        from hypernet.lora import apply_together
         from tasks.combine import combine
 
         weights = context = None
@@ -286,7 +306,11 @@ class Answerer:
             weights = parts[0] if len(parts) == 1 else combine(parts, how=how)
         if strategy in ("rag", "rag+cat"):
             context = rag_context([d.text for d in chosen], self.serving.rag_max_words)
-        return Plan(strategy, list(chosen), list(scores), weights, context, routed)
+        instructions = [d for d in self.instructions() if d not in chosen]  # a named one is applied once
+        if instructions:
+            extra = [self.cache.weights(d) for d in instructions]
+            weights = apply_together(([weights] if weights is not None else []) + extra)
+        return Plan(strategy, list(chosen), list(scores), weights, context, routed, instructions)
 
     def prompt_ids(self, messages: Sequence[dict[str, str]], context: str | None) -> list[int]:
         return chat_prompt_ids(self.base.tokenizer, messages, context)
@@ -372,6 +396,7 @@ class Answerer:
             "strategy": plan.strategy,
             "routed": plan.routed,
             "adapters": plan.describe(),
+            "instructions": plan.describe_instructions(),
             "finish_reason": finish.get("reason"),
         }
 

@@ -39,6 +39,7 @@ def adapter_record(session: Session, adapter: Adapter) -> dict:
     return {
         "model": adapter.registered_model,
         "version": adapter.model_version,
+        "kind": adapter.kind.value,  # knowledge | instruction (Text-to-LoRA, instruction gate)
         "state": adapter.state.value,
         "adapter_sha256": adapter.adapter_sha256,
         # Share of the document the generator saw (below 1.0: cut to its window; None: made before 0003).
@@ -122,6 +123,7 @@ def audit_document(config: str, ref: str) -> dict:
                 {
                     "source_revision": v.source_revision,
                     "change_kind": v.change_kind,
+                    "kind": v.kind.value,
                     "path": v.path,
                     "raw_sha256": v.raw_sha256,
                     "text_sha256": v.text_sha256,
@@ -130,6 +132,7 @@ def audit_document(config: str, ref: str) -> dict:
                     "adapters": [
                         {
                             "version": a.model_version,
+                            "kind": a.kind.value,
                             "state": a.state.value,
                             "adapter_sha256": a.adapter_sha256,
                             "covered_fraction": a.covered_fraction,
@@ -155,6 +158,7 @@ def status(config: str) -> list[dict]:
             rows.append(
                 {
                     "document": doc.label,
+                    "kind": last.kind.value if last else None,
                     "state": doc.state.value,
                     "model": model,
                     "production": prod[-1].model_version if prod else None,

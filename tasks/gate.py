@@ -11,6 +11,7 @@ adapter stays live.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 
 from tasks.catalog import queries
@@ -20,7 +21,7 @@ from tasks.catalog.types import AdapterState
 from tasks.faults import fault_point
 from tasks.outcomes import GateOutcome
 from tasks.runtime import Runtime, runtime
-from tasks.settings import LocalSourceConfig
+from tasks.settings import DocumentKind, LocalSourceConfig
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,14 @@ def gate(config: str, adapter_id: int, flow_run_id: str | None = None) -> GateOu
         version = adapter.document_version
         doc = version.document
         text = rt.store.get_bytes(version.text_uri).decode("utf-8")
-        qa_file = _qa_file(rt, doc.source.name, version.path)
-        other = queries.other_document_version(session, doc)
-        other_text = rt.store.get_bytes(other.text_uri).decode("utf-8") if other else None
-        previous = _previous(session, rt, doc.id, adapter.id)
-        folder = rt.store.get_dir(adapter.store_uri)
-        document = doc.label
+        kind, folder, document = adapter.kind, rt.store.get_dir(adapter.store_uri), doc.label
+        if kind is DocumentKind.KNOWLEDGE:
+            qa_file = _qa_file(rt, doc.source.name, version.path)
+            other = queries.other_document_version(session, doc)
+            other_text = rt.store.get_bytes(other.text_uri).decode("utf-8") if other else None
+            previous = _previous(session, rt, doc.id, adapter.id)
+    if kind is DocumentKind.INSTRUCTION:  # after the read transaction: SQLite holds one writer at a time
+        return _instruction_gate(rt, adapter_id, document, text, folder)
     weights = load_adapter(folder)
     base = rt.generator().base
     try:
@@ -53,6 +56,35 @@ def gate(config: str, adapter_id: int, flow_run_id: str | None = None) -> GateOu
     prev = PreviousAdapter(load_adapter(previous[0]), previous[1]) if previous else None
     report = run_gates(base, weights, text, probes, cfg, other_probes=other_probes, previous=prev)
     return _record_verdict(rt, adapter_id, document, report, tuple(report.failures()))
+
+
+def _instruction_gate(rt: Runtime, adapter_id: int, document: str, text: str, folder: Path) -> GateOutcome:
+    """An instruction adapter's gate (``tasks.instruction``): preservation and compliance or effect."""
+    import time
+
+    from hypernet.adapter import load_adapter
+    from tasks.instruction import InstructionGateConfig, instruction_gate, verdict_rows
+
+    settings = rt.kb.instructions.gate
+    cfg = InstructionGateConfig(**settings.model_dump())
+    started = time.perf_counter()
+    gen = rt.generator(DocumentKind.INSTRUCTION)
+    verdict = instruction_gate(gen.base, load_adapter(folder), text, cfg)
+    report = InstructionReport(
+        verdict_rows(verdict, cfg, rt.kb.gates.suite_version), time.perf_counter() - started
+    )
+    return _record_verdict(rt, adapter_id, document, report, tuple(verdict["failures"]))
+
+
+@dataclass(frozen=True)
+class InstructionReport:
+    """The instruction gate's metric rows, shaped like ``tasks.qa``'s report for ``_record_verdict``."""
+
+    metric_rows: list[dict]
+    seconds: float
+
+    def rows(self) -> list[dict]:
+        return self.metric_rows
 
 
 def _record_verdict(

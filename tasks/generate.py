@@ -22,7 +22,13 @@ from tasks.catalog.types import AdapterState
 from tasks.faults import fault_point
 from tasks.outcomes import GenerateOutcome
 from tasks.runtime import build_generator, runtime
-from tasks.settings import DEFAULT_BASE_MODEL, GeneratorConfig, Settings
+from tasks.settings import (
+    DEFAULT_BASE_MODEL,
+    INSTRUCTION_GENERATOR,
+    DocumentKind,
+    GeneratorConfig,
+    Settings,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +60,15 @@ def covered_fraction(text_chars: int, given_chars: int, notes: list[str]) -> flo
 def generate(
     config: str, version_id: int, generator_id: int, flow_run_id: str | None = None
 ) -> GenerateOutcome:
-    """Generate (or reuse) the adapter for one document version and record it as a candidate."""
+    """Generate (or reuse) the adapter for one document version and record it as a candidate.
+
+    ``generator_id`` is the catalog row of the generator for the version's kind: the configured one for
+    knowledge, Text-to-LoRA for an instruction (``Leftovers.instruction_generator_id``)."""
     rt = runtime(config)
     job = _prepare(rt, version_id, generator_id, flow_run_id)
     if isinstance(job, GenerateOutcome):
         return job
-    gen = rt.generator()
+    gen = rt.generator(job.kind)
     log.info("generating an adapter for %s with %s", job.document, gen.name)
     try:
         result = gen.generate(job.given, progress=_progress_logger(job.document))
@@ -86,7 +95,8 @@ def generate_batch(
         else:
             texts.add(job.text_sha256)
             jobs.append(job)
-    gen = rt.generator()
+    kinds = {job.kind for job in jobs}  # a batch holds one kind (one generator id); else one by one
+    gen = rt.generator(next(iter(kinds))) if len(kinds) == 1 else None
     many = getattr(gen, "generate_many", None)
     results = None
     if many is not None and len(jobs) > 1:
@@ -114,6 +124,7 @@ class _Job:
     text_chars: int
     given: str
     lineage: dict
+    kind: DocumentKind = DocumentKind.KNOWLEDGE
 
 
 def _prepare(rt, version_id: int, generator_id: int, flow_run_id: str | None) -> _Job | GenerateOutcome:
@@ -126,7 +137,7 @@ def _prepare(rt, version_id: int, generator_id: int, flow_run_id: str | None) ->
             return GenerateOutcome(version_id, own.id, document, reused=True)
         same_text = queries.adapter_for_text(session, version.text_sha256, generator_id)
         if same_text is not None:
-            adapter = _adapter_row(version_id, generator_id, same_text, flow_run_id)
+            adapter = _adapter_row(version_id, generator_id, same_text, flow_run_id, version.kind)
             adapter.covered_fraction = same_text.covered_fraction
             session.add(adapter)
             session.flush()
@@ -134,9 +145,9 @@ def _prepare(rt, version_id: int, generator_id: int, flow_run_id: str | None) ->
                 version_id, adapter.id, document, reused=True, covered_fraction=adapter.covered_fraction
             )
         lineage = _catalog_lineage(version, session.get(Generator, generator_id))
-        text_uri, text_sha = version.text_uri, version.text_sha256
+        text_uri, text_sha, kind = version.text_uri, version.text_sha256, version.kind
     text = rt.store.get_bytes(text_uri).decode("utf-8")
-    return _Job(version_id, document, text_sha, len(text), text[:MAX_GENERATOR_CHARS], lineage)
+    return _Job(version_id, document, text_sha, len(text), text[:MAX_GENERATOR_CHARS], lineage, kind)
 
 
 def _failed(job: _Job, exc: Exception) -> GenerateOutcome:
@@ -153,7 +164,7 @@ def _record(rt, job: _Job, generator_id: int, result, flow_run_id: str | None) -
     lineage = job.lineage | {"coverage": {"covered_fraction": covered, "notes": list(result.notes)}}
     with tempfile.TemporaryDirectory(dir=rt.store.root) as tmp:
         folder = Path(tmp) / "adapter"
-        sha = _save(result, rt.generator(), folder, lineage)
+        sha = _save(result, rt.generator(job.kind), folder, lineage)
         uri = rt.store.put_dir(folder, "adapters", sha)
     fault_point("generate")
     with session_scope(rt.sessions) as session:
@@ -164,7 +175,7 @@ def _record(rt, job: _Job, generator_id: int, result, flow_run_id: str | None) -
                 version_id, own.id, document, reused=True, covered_fraction=own.covered_fraction
             )
         stored = StoredAdapter(sha, uri, result.weights.rank, list(result.weights.target_names))
-        adapter = _adapter_row(version_id, generator_id, stored, flow_run_id)
+        adapter = _adapter_row(version_id, generator_id, stored, flow_run_id, job.kind)
         adapter.covered_fraction = covered
         session.add(adapter)
         session.flush()
@@ -184,7 +195,11 @@ class StoredAdapter:
 
 
 def _adapter_row(
-    version_id: int, generator_id: int, files: StoredAdapter | Adapter, flow_run_id: str | None
+    version_id: int,
+    generator_id: int,
+    files: StoredAdapter | Adapter,
+    flow_run_id: str | None,
+    kind: DocumentKind,
 ) -> Adapter:
     """A new candidate row for ``version_id`` holding ``files`` (a new folder, or a reused adapter's)."""
     return Adapter(
@@ -196,6 +211,7 @@ def _adapter_row(
         targets=list(files.targets),
         state=AdapterState.CANDIDATE,
         flow_run_id=flow_run_id,
+        kind=kind,
     )
 
 
@@ -208,11 +224,18 @@ def _save(result, gen, folder: Path, lineage: dict) -> str:
     return save_adapter(result.weights, folder, HUB_IDS.get(base_id, base_id), lineage)
 
 
-def _lineage(document: dict, hashes: dict, generator: dict, base_model: dict) -> dict:
+def _lineage(
+    document: dict,
+    hashes: dict,
+    generator: dict,
+    base_model: dict,
+    kind: DocumentKind = DocumentKind.KNOWLEDGE,
+) -> dict:
     """The ``instill.json`` sidecar: where the adapter came from. QA verdicts are not in it: they live
     in the catalog and on the registry version, as a stored folder is never written again."""
     created_at = datetime.now(UTC).isoformat(timespec="seconds")
     return {
+        "kind": kind.value,
         "document": document,
         **hashes,
         "generator": generator,
@@ -237,6 +260,7 @@ def _catalog_lineage(version: DocumentVersion, generator: Generator) -> dict:
             "checkpoint_sha256": generator.checkpoint_sha256,
         },
         {"id": generator.base_model_id, "sha256": generator.base_model_sha256},
+        version.kind,
     )
 
 
@@ -278,13 +302,16 @@ def _instruction_file(
     """An instruction document: the ``t2l`` generator on its body, then the instruction gate."""
     from tasks.instruction import InstructionGateConfig, instruction_gate
 
-    options = dict(cfg.options) if cfg.name == "t2l" else {}  # a configured t2l keeps its checkpoint
-    gen = build_generator(settings, GeneratorConfig(name="t2l", base_model=cfg.base_model, options=options))
+    # A configured t2l keeps its checkpoint; any other generator's options mean nothing to T2L.
+    options = dict(cfg.options) if cfg.name == INSTRUCTION_GENERATOR else {}
+    gen = build_generator(
+        settings, GeneratorConfig(name=INSTRUCTION_GENERATOR, base_model=cfg.base_model, options=options)
+    )
     result = gen.generate(text)
     verdict = instruction_gate(gen.base, result.weights, text, InstructionGateConfig())
     text_sha = hashlib.sha256(text.encode()).hexdigest()
     lineage = _file_lineage(doc_file, data, text_sha, "front-matter instruction", gen)
-    lineage |= {"kind": "instruction", "instruction": text, "qa": verdict}
+    lineage |= {"kind": DocumentKind.INSTRUCTION.value, "instruction": text, "qa": verdict}
     sha = _save(result, gen, out_dir, lineage)
     return {"generator": gen.name, "seconds": result.seconds, "adapter_sha256": sha, "qa": verdict}
 

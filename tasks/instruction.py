@@ -21,11 +21,14 @@ gate of an instruction adapter differs from a document's (there are no facts to 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import yaml
 
+PARSER = "instruction"  # document_versions.parser of an instruction's text (its body, front matter cut)
+SUITE = "instruction"  # qa_results.suite of the instruction gate's metrics
 FRONT_MATTER = re.compile(r"\A---[ \t]*\r?\n(.*?)\r?\n---[ \t]*(?:\r?\n(.*))?\Z", re.S)
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -58,6 +61,21 @@ def instruction_text(data: bytes, filename: str) -> str | None:
             f"{filename}: declares itself an instruction but has no text after the front matter"
         )
     return body
+
+
+def read_instruction(data: bytes, filename: str, parsed_text: Callable[[], str], whole: bool) -> str | None:
+    """The instruction a document gives, or None for a knowledge document.
+
+    Its front matter decides first; otherwise ``whole`` (its source's ``content: instruction``) makes the
+    document's parsed text (``parsed_text()``) the instruction. Raises ``InstructionError`` for a
+    malformed declaration or an empty instruction, naming ``filename``."""
+    body = instruction_text(data, filename)
+    if body is not None or not whole:
+        return body
+    text = parsed_text().strip()
+    if not text:
+        raise InstructionError(f"{filename}: its source holds instructions but the document has no text")
+    return text
 
 
 @dataclass(frozen=True)
@@ -127,3 +145,30 @@ def instruction_gate(base, weights, description: str, cfg: InstructionGateConfig
         for q, a, b in zip(questions, with_adapter, without, strict=True)
     ][:3]
     return {"passed": not failures, "failures": failures, "metrics": metrics}
+
+
+def verdict_rows(verdict: dict[str, Any], cfg: InstructionGateConfig, suite_version: str) -> list[dict]:
+    """The gate's measurements as ``qa_results`` rows (suite ``instruction``), one per thresholded metric."""
+    m = verdict["metrics"]
+    detail = {k: m[k] for k in ("matched_behaviour", "match_score", "samples") if k in m}
+    rows = [
+        ("nll_increase", m["nll_increase"], cfg.max_nll_increase, m["nll_increase"] <= cfg.max_nll_increase)
+    ]
+    if "compliance" in m:
+        ok = m["compliance"] >= cfg.min_compliance and m["compliance"] > m["base_compliance"]
+        rows.append(("compliance", m["compliance"], cfg.min_compliance, ok))
+        rows.append(("base_compliance", m["base_compliance"], None, True))
+    else:
+        rows.append(("effect", m["effect"], cfg.min_effect, m["effect"] >= cfg.min_effect))
+    return [
+        {
+            "suite": SUITE,
+            "suite_version": suite_version,
+            "metric": name,
+            "value": value,
+            "threshold": threshold,
+            "passed": bool(passed),
+            "detail": detail,
+        }
+        for name, value, threshold, passed in rows
+    ]

@@ -16,7 +16,9 @@ from tasks.catalog.db import session_scope
 from tasks.catalog.models import Document, DocumentVersion
 from tasks.catalog.types import DocumentState
 from tasks.faults import fault_point
+from tasks.instruction import InstructionError
 from tasks.runtime import Runtime, runtime
+from tasks.settings import DocumentKind
 from tasks.sources import build_source
 from tasks.sources.base import Change, ChangeKind, DocumentFetchError, TooLargeError
 
@@ -113,7 +115,7 @@ def _record_refused(
 def _record_fetched(
     rt: Runtime, source_name: str, change: Change, data: bytes, filename: str, flow_run_id: str | None
 ) -> ChangeOutcome:
-    from tasks.parse import ParseError, parse_document, parser_version
+    from tasks.parse import ParseError, parser_version
 
     raw = rt.store.put_bytes(data, "raw")
     version = DocumentVersion(
@@ -125,16 +127,54 @@ def _record_fetched(
         flow_run_id=flow_run_id,
     )
     title = None
+    whole = rt.source_config(source_name).content is DocumentKind.INSTRUCTION
     try:
-        parsed = parse_document(data, filename)
+        parsed = _parse(data, filename, whole)
     except ParseError as exc:
         version.error, version.parser_version = str(exc), parser_version(filename)
+    except InstructionError as exc:  # bad input like a parse failure: recorded, the others go on
+        version.error, version.kind = str(exc), DocumentKind.INSTRUCTION
     else:
         text = rt.store.put_bytes(parsed.text.encode("utf-8"), "text")
         version.text_sha256, version.text_uri = parsed.text_sha256, text.uri
         version.parser, version.parser_version = parsed.parser, parsed.parser_version
+        version.kind = parsed.kind
         title = parsed.title
     return _record_version(rt, source_name, change, version, title)
+
+
+@dataclass(frozen=True)
+class _Parsed:
+    """What a version records of its text: knowledge is the parsed document, an instruction its body."""
+
+    kind: DocumentKind
+    text: str
+    text_sha256: str
+    parser: str
+    parser_version: str
+    title: str | None
+
+
+def _parse(data: bytes, filename: str, whole: bool) -> _Parsed:
+    """Parse a document; an instruction (front matter, or ``whole``: its source's content) keeps its body.
+
+    Raises ``ParseError`` for unparseable bytes, ``InstructionError`` for a malformed instruction."""
+    import hashlib
+    from functools import cache
+
+    from tasks import instruction
+    from tasks.parse import parse_document
+
+    parse = cache(lambda: parse_document(data, filename))
+    body = instruction.read_instruction(data, filename, lambda: parse().text, whole)
+    if body is None:
+        p = parse()
+        return _Parsed(DocumentKind.KNOWLEDGE, p.text, p.text_sha256, p.parser, p.parser_version, p.title)
+    sha = hashlib.sha256(body.encode("utf-8")).hexdigest()
+    # Which declaration made it an instruction, recorded as the "parser version" of its text.
+    declared = instruction.instruction_text(data, filename) is not None
+    how = "front matter" if declared else "source content"
+    return _Parsed(DocumentKind.INSTRUCTION, body, sha, instruction.PARSER, how, None)
 
 
 def _record_version(
@@ -190,6 +230,7 @@ def _copy_version(previous: DocumentVersion, change: Change, flow_run_id: str | 
         raw_uri=previous.raw_uri,
         text_uri=previous.text_uri,
         error=previous.error,
+        kind=previous.kind,
         flow_run_id=flow_run_id,
     )
 

@@ -16,6 +16,7 @@ from tasks.catalog.models import Adapter
 from tasks.catalog.types import AdapterState
 from tasks.faults import fault_point
 from tasks.runtime import Runtime, runtime
+from tasks.settings import KIND_TAG, DocumentKind
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,7 @@ class RegisterOutcome:
     document: str
     promoted: bool
     gated_out: bool = False  # failed its QA gates: registered for the record, no alias
+    kind: str = DocumentKind.KNOWLEDGE.value
 
 
 def register(config: str, adapter_id: int, flow_run_id: str | None = None) -> RegisterOutcome:
@@ -36,6 +38,7 @@ def register(config: str, adapter_id: int, flow_run_id: str | None = None) -> Re
         record = _record(rt, adapter)
         document = adapter.document_version.document.label
         failed = adapter.state is AdapterState.FAILED
+        kind = adapter.kind.value
     registered = rt.registry.register(record)
     promote = rt.kb.promotion.auto_promote and not failed
     with session_scope(rt.sessions) as session:
@@ -43,7 +46,9 @@ def register(config: str, adapter_id: int, flow_run_id: str | None = None) -> Re
         adapter.mlflow_run_id, adapter.registered_model = registered.run_id, registered.model
         adapter.model_version = registered.version
         if failed:  # on record in the registry with its metrics, but no alias: production stays as it is
-            return RegisterOutcome(adapter_id, registered.model, registered.version, document, False, True)
+            return RegisterOutcome(
+                adapter_id, registered.model, registered.version, document, False, True, kind
+            )
         aliases.move_alias(
             rt,
             session,
@@ -65,7 +70,7 @@ def register(config: str, adapter_id: int, flow_run_id: str | None = None) -> Re
                 reason="auto_promote policy",
                 flow_run_id=flow_run_id,
             )
-    return RegisterOutcome(adapter_id, registered.model, registered.version, document, promote)
+    return RegisterOutcome(adapter_id, registered.model, registered.version, document, promote, kind=kind)
 
 
 def _record(rt: Runtime, adapter: Adapter):
@@ -85,6 +90,7 @@ def _record(rt: Runtime, adapter: Adapter):
             "path": doc.current_path,
             "document_id": str(doc.id),
             "qa_verdict": _verdict(adapter),
+            KIND_TAG: adapter.kind.value,  # serving applies an instruction adapter to every answer
         },
         params={
             "generator": adapter.generator.kind,

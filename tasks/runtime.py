@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from tasks.catalog import db
 from tasks.settings import (
+    DocumentKind,
     GeneratorConfig,
     KnowledgeBase,
     S3StoreConfig,
@@ -65,7 +66,8 @@ class Runtime:
     sessions: sessionmaker[Session]
     store: ArtifactStore
     _registry: Registry | None = None
-    _generator: Generator | None = None
+    _generators: dict[DocumentKind, Generator] = field(default_factory=dict)
+    _base: object | None = None  # the base model, shared by the knowledge and instruction generators
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -76,37 +78,56 @@ class Runtime:
             self._registry = Registry(self.settings.tracking_uri, self.settings.artifact_root, self.kb.name)
         return self._registry
 
-    def generator(self) -> Generator:
-        with self._lock:
-            if self._generator is None:
-                self._generator = build_generator(self.settings, self.kb.generator)
-            return self._generator
+    def generator_config(self, kind: DocumentKind = DocumentKind.KNOWLEDGE) -> GeneratorConfig:
+        """The configured generator for knowledge documents; Text-to-LoRA for instruction documents."""
+        if kind is DocumentKind.INSTRUCTION:
+            return self.kb.instructions.generator(self.kb.generator.base_model)
+        return self.kb.generator
 
-    def known_fingerprint(self) -> str | None:
-        """The configured generator's fingerprint as last computed in this home, without loading the model.
+    def generator(self, kind: DocumentKind = DocumentKind.KNOWLEDGE) -> Generator:
+        """The generator for documents of ``kind``, built once per process over one loaded base model."""
+        from hypernet.generators import make_generator
+
+        with self._lock:
+            if kind not in self._generators:
+                cfg = self.generator_config(kind)
+                if self._base is None:
+                    self._base = load_base(self.settings, cfg.base_model)
+                self._generators[kind] = make_generator(cfg.name, self._base, dict(cfg.options))
+            return self._generators[kind]
+
+    @property
+    def base_loaded(self) -> bool:
+        return self._base is not None
+
+    def known_fingerprint(self, kind: DocumentKind = DocumentKind.KNOWLEDGE) -> str | None:
+        """The generator's fingerprint for ``kind`` as last computed in this home, without loading the model.
 
         Keyed by the generator config and the size and mtime of every file of its base model and
         checkpoint, so a changed model is loaded and fingerprinted again."""
+        return self._fingerprints().get(self._generator_key(self.generator_config(kind)))
+
+    def remember_fingerprint(self, fingerprint: str, kind: DocumentKind = DocumentKind.KNOWLEDGE) -> None:
+        # Both kinds' entries are kept: a refresh that fingerprints the instruction generator must not
+        # make the next no-op refresh load the model again for the knowledge one.
+        cache = self._fingerprints() | {self._generator_key(self.generator_config(kind)): fingerprint}
+        try:
+            self._fingerprint_file.write_text(json.dumps(dict(list(cache.items())[-8:])), encoding="utf-8")
+        except OSError as exc:  # a cache: without it the next run loads the model to fingerprint it
+            log.debug("cannot write %s: %s", self._fingerprint_file, exc)
+
+    def _fingerprints(self) -> dict[str, str]:
         try:
             cache = json.loads(self._fingerprint_file.read_text(encoding="utf-8"))
         except (OSError, ValueError):
-            return None
-        return cache.get(self._generator_key())
-
-    def remember_fingerprint(self, fingerprint: str) -> None:
-        try:
-            self._fingerprint_file.write_text(
-                json.dumps({self._generator_key(): fingerprint}), encoding="utf-8"
-            )
-        except OSError as exc:  # a cache: without it the next run loads the model to fingerprint it
-            log.debug("cannot write %s: %s", self._fingerprint_file, exc)
+            return {}
+        return cache if isinstance(cache, dict) else {}
 
     @property
     def _fingerprint_file(self) -> Path:
         return self.settings.home.resolve() / "generator-fingerprint.json"
 
-    def _generator_key(self) -> str:
-        cfg = self.kb.generator
+    def _generator_key(self, cfg: GeneratorConfig) -> str:
         stats = []
         candidates = [Path(cfg.base_model), self.settings.models_dir / cfg.base_model]
         candidates += [Path(str(v)) for v in cfg.options.values() if isinstance(v, str) and "/" in v]

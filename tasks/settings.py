@@ -9,6 +9,7 @@ against the file's own folder, so a config works from any working directory.
 from __future__ import annotations
 
 import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -31,6 +32,22 @@ DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"  # safe in MLflow model names and file names
 
 
+class DocumentKind(StrEnum):
+    """What a document is to the knowledge base, hence which generator and gate its adapter gets.
+
+    ``knowledge``: facts, through the configured generator and the knowledge gates. ``instruction``: a
+    description of behaviour (front matter ``instill: {kind: instruction}``, or every document of a source
+    with ``content: instruction``), through the Text-to-LoRA generator and the instruction gate; serving
+    applies the production instruction adapter on top of whatever knowledge adapters answer."""
+
+    KNOWLEDGE = "knowledge"
+    INSTRUCTION = "instruction"
+
+
+INSTRUCTION_GENERATOR = "t2l"  # the generator every instruction document goes through
+KIND_TAG = "kind"  # registry version tag holding the adapter's DocumentKind
+
+
 class ConfigError(ValueError):
     """The knowledge-base config is unusable; the message names the file and the key."""
 
@@ -39,7 +56,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LocalSourceConfig(_Strict):
+class _SourceBase(_Strict):
+    # `instruction`: every document of the source is an instruction (a document's own front matter can
+    # also declare it). Not `kind`, which already names the connector.
+    content: DocumentKind = DocumentKind.KNOWLEDGE
+
+
+class LocalSourceConfig(_SourceBase):
     kind: Literal["local"]
     name: str = Field(pattern=NAME_PATTERN)
     path: Path
@@ -53,7 +76,7 @@ class LocalSourceConfig(_Strict):
         return self.path.as_uri()
 
 
-class GitSourceConfig(_Strict):
+class GitSourceConfig(_SourceBase):
     kind: Literal["git"]
     name: str = Field(pattern=NAME_PATTERN)
     url: str
@@ -72,7 +95,7 @@ class GitSourceConfig(_Strict):
 ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
 
 
-class S3SourceConfig(_Strict):
+class S3SourceConfig(_SourceBase):
     """Objects under ``prefix`` of ``bucket``. Secrets are never in the file: the two ``*_env`` keys name
     environment variables holding the key pair; without them boto3's usual credential chain applies."""
 
@@ -103,7 +126,7 @@ class S3SourceConfig(_Strict):
         return self
 
 
-class MediaWikiSourceConfig(_Strict):
+class MediaWikiSourceConfig(_SourceBase):
     """Pages of ``namespaces`` of the wiki at ``api_url`` (its api.php). ``username`` is a bot-password
     login (``User@app``); ``password_env`` names the environment variable holding the bot password."""
 
@@ -184,6 +207,29 @@ class GatesConfig(_Strict):
     suite_version: str = Field(default="1", min_length=1, max_length=32)
 
 
+class InstructionGateSettings(_Strict):
+    """The instruction gate (``tasks.instruction``): no facts to probe, so preservation plus compliance
+    with the matched task-suite behaviour, or for an unmatched instruction a change of the answers."""
+
+    max_nll_increase: float = Field(default=0.3, ge=0)  # nats of general-text NLL the adapter may add
+    min_compliance: float = Field(default=0.5, ge=0, le=1)
+    min_effect: float = Field(default=0.25, ge=0, le=1)
+    inputs: int = Field(default=8, ge=1, le=64)  # generated inputs answered with and without the adapter
+    max_new_tokens: int = Field(default=40, ge=1, le=512)
+
+
+class InstructionsConfig(_Strict):
+    """Instruction documents: the Text-to-LoRA generator's options (``checkpoint``: a T2L folder; default
+    the checkpoint shipped for the base model) and their gate (run when ``gates.enabled``)."""
+
+    options: dict[str, Any] = Field(default_factory=dict)
+    gate: InstructionGateSettings = Field(default_factory=InstructionGateSettings)
+
+    def generator(self, base_model: str) -> GeneratorConfig:
+        """The generator config every instruction document of the knowledge base goes through."""
+        return GeneratorConfig(name=INSTRUCTION_GENERATOR, base_model=base_model, options=dict(self.options))
+
+
 class ServingConfig(_Strict):
     """How `instill ask` and `instill serve` answer (see tasks.answer, tasks.route, docs/eval-kb.md)."""
 
@@ -204,6 +250,8 @@ class ServingConfig(_Strict):
     # set, `instill serve` registers the webhook ``instill-<kb>`` there at start (tasks.webhook). Needs
     # MLFLOW_TRACKING_URI to be a tracking server (http[s]://) and webhook_secret_env.
     webhook_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
+    # Apply the production instruction adapter (if any) with the knowledge adapters of every answer.
+    apply_instruction: bool = True
 
 
 class ExecutionConfig(_Strict):
@@ -271,6 +319,7 @@ class KnowledgeBase(_Strict):
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
     promotion: PromotionConfig = Field(default_factory=PromotionConfig)
     gates: GatesConfig = Field(default_factory=GatesConfig)
+    instructions: InstructionsConfig = Field(default_factory=InstructionsConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
     execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
     store: StoreConfig = Field(default_factory=LocalStoreConfig)
@@ -381,6 +430,9 @@ def _resolve_paths(kb: KnowledgeBase, base: Path) -> KnowledgeBase:
             local = Path(source.url)
             if not local.is_absolute() and (base / local).exists():
                 source.url = str((base / local).resolve())
+    checkpoint = kb.instructions.options.get("checkpoint")
+    if isinstance(checkpoint, str) and not Path(checkpoint).is_absolute() and (base / checkpoint).exists():
+        kb.instructions.options["checkpoint"] = str((base / checkpoint).resolve())
     if isinstance(kb.store, S3StoreConfig) and kb.store.cache_dir and not kb.store.cache_dir.is_absolute():
         kb.store.cache_dir = (base / kb.store.cache_dir).resolve()
     return kb

@@ -14,6 +14,7 @@ from tasks.catalog.db import session_scope
 from tasks.catalog.models import Generator
 from tasks.faults import fault_point
 from tasks.runtime import Runtime, runtime
+from tasks.settings import DocumentKind
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,9 @@ class Leftovers:
     ungated: list[int] = field(default_factory=list)  # adapters with no QA verdict yet
     unregistered: list[int] = field(default_factory=list)  # adapters with no registry version yet
     deleted: list[int] = field(default_factory=list)  # deleted documents whose adapters are not retired
+    # Instruction documents' versions with no adapter of the Text-to-LoRA generator (its row's id).
+    instructions: list[int] = field(default_factory=list)
+    instruction_generator_id: int | None = None
 
 
 def sweep(config: str, source_name: str) -> Leftovers:
@@ -34,29 +38,39 @@ def sweep(config: str, source_name: str) -> Leftovers:
         source = queries.source_by_name(session, source_name)
         if source is None:
             return Leftovers(generator_id)
+        # The instruction generator's row only when the source has instructions: no model load otherwise.
+        has_instructions = queries.has_instructions(session, source.id)
+    instruction_id = generator_row(rt, DocumentKind.INSTRUCTION) if has_instructions else None
+    with session_scope(rt.sessions) as session:
         return Leftovers(
             generator_id,
             versions=queries.pending_versions(session, source.id, generator_id),
             ungated=queries.ungated_adapters(session, source.id),
             unregistered=queries.unregistered_adapters(session, source.id),
             deleted=queries.documents_to_retire(session, source.id),
+            instructions=queries.pending_versions(
+                session, source.id, instruction_id, DocumentKind.INSTRUCTION
+            )
+            if instruction_id is not None
+            else [],
+            instruction_generator_id=instruction_id,
         )
 
 
-def generator_row(rt: Runtime) -> int:
-    """The catalog's ``generators`` row for the configured generator (created on first use).
+def generator_row(rt: Runtime, kind: DocumentKind = DocumentKind.KNOWLEDGE) -> int:
+    """The catalog's ``generators`` row for the generator of ``kind`` documents (created on first use).
 
-    The base model is loaded only when this home has not fingerprinted the configured generator yet
+    The base model is loaded only when this home has not fingerprinted that generator yet
     (``Runtime.known_fingerprint``): a refresh with nothing to generate never loads it."""
-    known = rt.known_fingerprint()
+    known = rt.known_fingerprint(kind)
     if known is not None:
         with session_scope(rt.sessions) as session:
             row = queries.generator_by_fingerprint(session, known)
             if row is not None:
                 return row.id
-    gen = rt.generator()  # loads the base model once per process
+    gen = rt.generator(kind)  # loads the base model once per process
     fingerprint = gen.fingerprint()
-    rt.remember_fingerprint(fingerprint)
+    rt.remember_fingerprint(fingerprint, kind)
     with session_scope(rt.sessions) as session:
         row = queries.generator_by_fingerprint(session, fingerprint)
         if row is None:

@@ -23,6 +23,7 @@ from tasks.catalog.types import (
     sha256,
     updated_at,
 )
+from tasks.settings import DocumentKind
 
 
 class Source(Base):
@@ -98,6 +99,10 @@ class DocumentVersion(Base):
     tokens: Mapped[int | None]
     change_kind: Mapped[str]  # added | modified | renamed | deleted (tasks.sources.base.ChangeKind)
     path: Mapped[str]  # the path or title at this version
+    # knowledge or instruction (front matter, or the source's `content`): picks generator and gate.
+    kind: Mapped[DocumentKind] = mapped_column(
+        default=DocumentKind.KNOWLEDGE, server_default=DocumentKind.KNOWLEDGE.value
+    )
     raw_uri: Mapped[str | None]
     text_uri: Mapped[str | None]
     error: Mapped[str | None]  # why this version failed to fetch or parse
@@ -143,6 +148,9 @@ class Adapter(Base):
     store_uri: Mapped[str]
     rank: Mapped[int]
     targets: Mapped[list[str]]  # target module names, e.g. ["down_proj"]
+    kind: Mapped[DocumentKind] = mapped_column(  # its document version's kind
+        default=DocumentKind.KNOWLEDGE, server_default=DocumentKind.KNOWLEDGE.value
+    )
     mlflow_run_id: Mapped[str | None]
     registered_model: Mapped[str | None]
     model_version: Mapped[str | None]

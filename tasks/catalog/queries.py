@@ -7,6 +7,7 @@ from sqlalchemy.orm import Session, joinedload
 
 from tasks.catalog.models import Adapter, AliasEvent, Document, DocumentVersion, Generator, Source
 from tasks.catalog.types import AdapterState, DocumentState
+from tasks.settings import DocumentKind
 from tasks.sources.base import KnownDocument
 
 LIVE_DOCUMENT_STATES = (DocumentState.ACTIVE, DocumentState.FAILED)
@@ -123,8 +124,11 @@ def own_adapter(session: Session, version_id: int, generator_id: int) -> Adapter
     ).first()
 
 
-def pending_versions(session: Session, source_id: int, generator_id: int) -> list[int]:
-    """Latest parsed versions of live documents with no adapter for their text under this generator.
+def pending_versions(
+    session: Session, source_id: int, generator_id: int, kind: DocumentKind = DocumentKind.KNOWLEDGE
+) -> list[int]:
+    """Latest parsed versions of ``kind`` of live documents with no adapter for their text under this
+    generator (each kind has its own generator: tasks.runtime.Runtime.generator_config).
 
     Computed from the catalog rather than from this run's changes, so work that a crashed run left
     undone is picked up by the next one.
@@ -135,7 +139,7 @@ def pending_versions(session: Session, source_id: int, generator_id: int) -> lis
     candidates = session.execute(
         select(DocumentVersion.id, DocumentVersion.document_id, DocumentVersion.text_sha256)
         .join(latest, latest.c.version_id == DocumentVersion.id)
-        .where(DocumentVersion.text_sha256.is_not(None))
+        .where(DocumentVersion.text_sha256.is_not(None), DocumentVersion.kind == kind)
         .order_by(DocumentVersion.id)
     ).all()
     covered = set(
@@ -153,6 +157,18 @@ def pending_versions(session: Session, source_id: int, generator_id: int) -> lis
         ).all()
     )
     return [vid for vid, doc_id, text in candidates if (doc_id, text) not in covered]
+
+
+def has_instructions(session: Session, source_id: int) -> bool:
+    """Whether any live document of the source is an instruction at its latest parsed version."""
+    latest = _latest_version_ids(source_id)
+    found = session.execute(
+        select(DocumentVersion.id)
+        .join(latest, latest.c.version_id == DocumentVersion.id)
+        .where(DocumentVersion.kind == DocumentKind.INSTRUCTION, DocumentVersion.text_sha256.is_not(None))
+        .limit(1)
+    ).first()
+    return found is not None
 
 
 def document_adapters_of_source(

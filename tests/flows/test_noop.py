@@ -18,7 +18,7 @@ def test_a_no_op_refresh_loads_no_model_and_starts_no_prefect(prefect_server, kb
     code, second, out = refresh(kb, tmp_path / "second.json")
     assert code == 0 and "0 changed" in out, out
     rt = runtime(kb)
-    assert rt._generator is None, "the base model was loaded for a no-op refresh"
+    assert not rt.base_loaded, "the base model was loaded for a no-op refresh"
     assert rt._registry is None, "MLflow was opened for a no-op refresh"
 
 

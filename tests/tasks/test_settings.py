@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from tasks.settings import ConfigError, Settings, load_knowledge_base
+from tasks.settings import ConfigError, DocumentKind, Settings, load_knowledge_base
 
 
 def test_relative_paths_resolve_against_the_file_and_uris_hold_no_credentials(tmp_path):
@@ -83,4 +83,31 @@ def test_bad_store_config_names_the_key(tmp_path, store, message):
     base = {"name": "kb", "sources": [{"kind": "local", "name": "docs", "path": "docs"}]}
     config.write_text(yaml.safe_dump(base | {"store": store}))
     with pytest.raises(ConfigError, match=message):
+        load_knowledge_base(config)
+
+
+def test_instruction_settings_source_content_gate_and_a_relative_checkpoint(tmp_path):
+    (tmp_path / "t2l").mkdir()
+    config = tmp_path / "instill.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "kb",
+                "sources": [
+                    {"kind": "local", "name": "docs", "path": "docs"},
+                    {"kind": "local", "name": "style", "path": "style", "content": "instruction"},
+                ],
+                "instructions": {"options": {"checkpoint": "t2l"}, "gate": {"max_nll_increase": 0.5}},
+                "serving": {"apply_instruction": False},
+            }
+        )
+    )
+    kb = load_knowledge_base(config)
+    assert [s.content for s in kb.sources] == [DocumentKind.KNOWLEDGE, DocumentKind.INSTRUCTION]
+    gen = kb.instructions.generator(kb.generator.base_model)
+    assert gen.name == "t2l" and gen.options["checkpoint"] == str((tmp_path / "t2l").resolve())
+    assert kb.instructions.gate.max_nll_increase == 0.5 and kb.instructions.gate.min_compliance == 0.5
+    assert kb.serving.apply_instruction is False
+    config.write_text(config.read_text().replace("content: instruction", "content: recipe"))
+    with pytest.raises(ConfigError, match="content"):
         load_knowledge_base(config)
