@@ -327,7 +327,7 @@ def bench_workers(
     load = os.getloadavg()
     work = settings.home.resolve() / "bench-workers"  # logs and homes of the last run, kept
     shutil.rmtree(work, ignore_errors=True)
-    with _server(work / "server") as url, (_s3(work / "s3") if s3 else contextlib.nullcontext()) as s3_url:
+    with _server(work / "server") as url, _s3(work / "s3") if s3 else contextlib.nullcontext() as s3_url:
         rows = []
         for name, workers in (("embedded", 0), ("one worker", 1), ("two workers", 2)):
             folder = work / name.replace(" ", "-")

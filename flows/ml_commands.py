@@ -108,16 +108,28 @@ def evaluate(
         bool, typer.Option("--gates/--no-gates", help="Run the QA gates on real adapters.")
     ] = True,
     sets: SetOption = None,
+    t2l: Annotated[
+        bool, typer.Option("--t2l/--no-t2l", help="Add the Text-to-LoRA section (as `instill eval-t2l`).")
+    ] = False,
+    t2l_checkpoint: Annotated[
+        Path | None, typer.Option("--t2l-checkpoint", help="T2L checkpoint dir (default: the one shipped).")
+    ] = None,
+    t2l_sets: Annotated[
+        list[str] | None, typer.Option("--t2l-set", help="Override a T2LEvalConfig field: KEY=VALUE.")
+    ] = None,
     device: DeviceOption = None,
     threads: ThreadsOption = 1,
     config: ConfigOption = None,
 ) -> None:
     """Measure the generators on held-out documents: gap closed with CIs, multiple choice, exact match,
     gate pass rates, by probe type and document length; generators side by side (``--set`` any field of
-    hypernet.generator_eval.EvalConfig, e.g. ``--set real_bucket_docs=[6,3,2]``)."""
+    hypernet.generator_eval.EvalConfig, e.g. ``--set real_bucket_docs=[6,3,2]``); with ``--t2l`` also
+    Text-to-LoRA's compliance against its controls (``--t2l-set`` any field of T2LEvalConfig)."""
     settings = settings_for(config)
     from hypernet.generator_eval import EvalConfig, run_eval, to_markdown
     from hypernet.generators import GeneratorError
+    from hypernet.t2l_eval import T2LEvalConfig, run_t2l_eval
+    from hypernet.t2l_eval import to_markdown as t2l_markdown
     from tasks.qa import evaluation_gate
 
     built = settings.home / "corpus"
@@ -126,12 +138,18 @@ def evaluate(
         EvalConfig, sets, checkpoint=str(checkpoint) if checkpoint else None,
         corpus=str(corpus_dir) if corpus_dir else None,
     )  # fmt: skip
+    t2l_cfg = config_fields(T2LEvalConfig, t2l_sets) if t2l else None  # a bad field fails before the work
     model = _load_base(settings, base, device, threads)
     try:
         result = run_eval(model, cfg, _progress, gate=evaluation_gate() if gates else None)
     except GeneratorError as exc:
         fail(str(exc))
-    write_report(result, to_markdown(result), json_path, md_path)
+    markdown = to_markdown(result)
+    if t2l_cfg is not None:
+        net, ckpt = _t2l_net(model, t2l_checkpoint)
+        result["t2l"] = run_t2l_eval(model, net, t2l_cfg, _progress, checkpoint=str(ckpt))
+        markdown += "\n## Text-to-LoRA\n\n" + t2l_markdown(result["t2l"])
+    write_report(result, markdown, json_path, md_path)
 
 
 def bench(

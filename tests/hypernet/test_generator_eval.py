@@ -170,6 +170,29 @@ def test_eval_command_writes_json_and_markdown(tiny_model_dir: Path, checkpoint:
     assert bad.exit_code == 2 and "no hypernetwork checkpoint" in bad.output
 
 
+def test_eval_with_t2l_adds_the_text_to_lora_section(
+    tiny_model_dir: Path, checkpoint: Path, tiny_t2l_dir: Path, tmp_path, monkeypatch
+):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    monkeypatch.setenv("INSTILL_HOME", str(tmp_path / ".instill"))
+    args = ["eval", "--json", str(tmp_path / "e.json"), "--base", str(tiny_model_dir), "--checkpoint"]
+    args += [str(checkpoint), "--no-gates", "--set", "synthetic_docs=2", "--set", "real_docs=0"]
+    args += ["--set", "em_docs=0", "--set", "generators=[]", "--t2l", "--t2l-checkpoint", str(tiny_t2l_dir)]
+    t2l_sets = ['seen=["upper"]', 'unseen=["one_word+upper"]', "descriptions=1", "inputs=1", "oracles=[]"]
+    t2l_sets += ["probe_behaviours=0", "preservation_adapters=1", "preservation_tokens=32"]
+    t2l_sets += ["max_new_tokens=4"]
+    result = CliRunner().invoke(app, args + [f"--t2l-set={s}" for s in t2l_sets])
+    assert result.exit_code == 0, result.output
+    data = json.loads((tmp_path / "e.json").read_text())
+    assert set(data["t2l"]["sets"]) == {"seen", "unseen"} and data["synthetic"]["docs"] == 2
+    assert "## Text-to-LoRA" in (tmp_path / "e.md").read_text()
+    bad = CliRunner().invoke(app, [*args, "--t2l-set", "sen=[]"])
+    assert bad.exit_code == 2 and "sen" in bad.output
+
+
 # ------------------------------------------------------------ held-out package corpus (hypernet.eval_real)
 
 NAMES = [
