@@ -86,11 +86,24 @@ def _env(home: Path, api_url: str, prefect_home: Path, model_cache: Path) -> dic
     }
 
 
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float) -> None:
+    """Wait until ``url`` answers 200; a server that exits or stays silent is named with its log."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{url} did not come up (see {log})")
+        time.sleep(0.3)
+
+
 @contextlib.contextmanager
 def _s3(folder: Path):
     """A private S3 server (moto) with the bench's bucket; yields its endpoint URL."""
     import boto3
-    import httpx
 
     folder.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{_free_port()}"
@@ -98,14 +111,7 @@ def _s3(folder: Path):
     log = (folder / "s3.log").open("wb")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/moto-api/", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the S3 server did not start (see {folder / 's3.log'})")
-            time.sleep(0.3)
+        _wait_healthy(f"{url}/moto-api/", proc, folder / "s3.log", 60)
         client = boto3.client(
             "s3", endpoint_url=url, region_name="us-east-1",
             aws_access_key_id="bench", aws_secret_access_key="bench-secret",
@@ -129,8 +135,6 @@ def s3_store(url: str, prefix: str) -> dict:
 @contextlib.contextmanager
 def _server(folder: Path):
     """A private Prefect server with the worker deployment on pool ``bench-gpu``; yields its API URL."""
-    import httpx
-
     folder.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     url = f"http://127.0.0.1:{port}/api"
@@ -139,14 +143,7 @@ def _server(folder: Path):
     cmd = [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"prefect server did not start (see {folder / 'server.log'})")
-            time.sleep(0.5)
+        _wait_healthy(f"{url}/health", proc, folder / "server.log", 300)
         spec = {
             "name": "instill-bench",
             "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": str(REPO)}}],

@@ -21,6 +21,10 @@ CheckpointOption = Annotated[
     Path | None,
     typer.Option("--checkpoint", help="Hypernetwork checkpoint dir (default: the one shipped for the base)."),
 ]
+JsonOption = Annotated[Path, typer.Option("--json", help="Write the results here (JSON).")]
+MdOption = Annotated[Path | None, typer.Option("--md", help="Markdown table (default: beside --json).")]
+T2L_CHECKPOINT_HELP = "T2L checkpoint dir (default: the one shipped)."
+T2LCheckpointOption = Annotated[Path | None, typer.Option("--checkpoint", help=T2L_CHECKPOINT_HELP)]
 ThreadsOption = Annotated[int, typer.Option("--threads", help="torch CPU threads (0: torch's default).")]
 DeviceOption = Annotated[str | None, typer.Option("--device", help="cpu or cuda (default: CUDA if present).")]
 
@@ -94,10 +98,8 @@ def config_fields(cls: type, sets: list[str] | None, **given: Any) -> Any:
 
 
 def evaluate(
-    json_path: Annotated[Path, typer.Option("--json", help="Write the results here (JSON).")],
-    md_path: Annotated[
-        Path | None, typer.Option("--md", help="Markdown table (default: beside --json).")
-    ] = None,
+    json_path: JsonOption,
+    md_path: MdOption = None,
     base: BaseOption = DEFAULT_BASE_MODEL,
     checkpoint: CheckpointOption = None,
     corpus: Annotated[
@@ -111,9 +113,7 @@ def evaluate(
     t2l: Annotated[
         bool, typer.Option("--t2l/--no-t2l", help="Add the Text-to-LoRA section (as `instill eval-t2l`).")
     ] = False,
-    t2l_checkpoint: Annotated[
-        Path | None, typer.Option("--t2l-checkpoint", help="T2L checkpoint dir (default: the one shipped).")
-    ] = None,
+    t2l_checkpoint: Annotated[Path | None, typer.Option("--t2l-checkpoint", help=T2L_CHECKPOINT_HELP)] = None,
     t2l_sets: Annotated[
         list[str] | None, typer.Option("--t2l-set", help="Override a T2LEvalConfig field: KEY=VALUE.")
     ] = None,
@@ -153,10 +153,8 @@ def evaluate(
 
 
 def bench(
-    json_path: Annotated[Path, typer.Option("--json", help="Write the results here (JSON).")],
-    md_path: Annotated[
-        Path | None, typer.Option("--md", help="Markdown table (default: beside --json).")
-    ] = None,
+    json_path: JsonOption,
+    md_path: MdOption = None,
     base: BaseOption = DEFAULT_BASE_MODEL,
     checkpoint: CheckpointOption = None,
     sets: SetOption = None,
@@ -265,9 +263,7 @@ def text_to_lora(
     description: Annotated[str, typer.Argument(help="The behaviour, in words: 'Answer in one word.'")],
     out_dir: Annotated[Path, typer.Option("--out", help="The PEFT adapter folder to write.")],
     base: BaseOption = DEFAULT_BASE_MODEL,
-    checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="T2L checkpoint dir (default: the one shipped).")
-    ] = None,
+    checkpoint: T2LCheckpointOption = None,
     device: DeviceOption = None,
     threads: ThreadsOption = 1,
     config: ConfigOption = None,
@@ -290,14 +286,10 @@ def text_to_lora(
 
 
 def eval_t2l(
-    json_path: Annotated[Path, typer.Option("--json", help="Write the results here (JSON).")],
-    md_path: Annotated[
-        Path | None, typer.Option("--md", help="Markdown table (default: beside --json).")
-    ] = None,
+    json_path: JsonOption,
+    md_path: MdOption = None,
     base: BaseOption = DEFAULT_BASE_MODEL,
-    checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="T2L checkpoint dir (default: the one shipped).")
-    ] = None,
+    checkpoint: T2LCheckpointOption = None,
     sets: SetOption = None,
     device: DeviceOption = None,
     threads: ThreadsOption = 1,
@@ -318,17 +310,13 @@ def eval_t2l(
 
 def eval_t2l_combined(
     doc: Annotated[Path, typer.Option("--doc", help="The knowledge document whose adapter is combined.")],
-    json_path: Annotated[Path, typer.Option("--json", help="Write the results here (JSON).")],
-    md_path: Annotated[
-        Path | None, typer.Option("--md", help="Markdown table (default: beside --json).")
-    ] = None,
+    json_path: JsonOption,
+    md_path: MdOption = None,
     generator: Annotated[str, typer.Option("--generator", help="Knowledge generator.")] = "hypernet+cd",
     steps: Annotated[int, typer.Option("--steps", help="Its distillation steps (cd, hypernet+cd).")] = 5,
     probes: Annotated[int, typer.Option("--probes", help="The document's sentence probes.")] = 8,
     base: BaseOption = DEFAULT_BASE_MODEL,
-    checkpoint: Annotated[
-        Path | None, typer.Option("--checkpoint", help="T2L checkpoint dir (default: the one shipped).")
-    ] = None,
+    checkpoint: T2LCheckpointOption = None,
     sets: SetOption = None,
     device: DeviceOption = None,
     threads: ThreadsOption = 1,
