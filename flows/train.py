@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +112,31 @@ def start_training_run(
     return run_id
 
 
+def finish_training_run(
+    client: MlflowClient,
+    run_id: str,
+    training: Callable[[], Path],
+    sha_of: Callable[[Path], str],
+    summary_file: str,
+    artifacts: Sequence[Path] = (),
+) -> tuple[Path, str, dict[str, Any]]:
+    """Run ``training`` inside the MLflow run (a failure marks it FAILED), then tag the checkpoint's
+    sha256, log ``summary_file`` and ``artifacts`` and close the run.
+
+    Returns (final checkpoint folder, its sha256, the "training" section of ``summary_file``)."""
+    try:
+        final = training()
+    except BaseException:
+        client.set_terminated(run_id, status="FAILED")
+        raise
+    sha = sha_of(final)
+    client.set_tag(run_id, "checkpoint_sha256", sha)
+    for path in (final / summary_file, *artifacts):
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id)
+    return final, sha, json.loads((final / summary_file).read_text())["training"]
+
+
 @flow(name="train-hypernet")
 def train_hypernet(
     out_dir: str,
@@ -142,17 +168,10 @@ def train_hypernet(
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     run_id = start_training_run(client, settings, experiment, Path(out_dir).name, base, device, cfg.to_dict())
     client.log_dict(run_id, cfg.to_dict(), "train_config.json")
-    try:
-        final = train(cfg, base, Path(out_dir), MlflowLogger(client, run_id, echo))
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    sha = checkpoint_sha256(final)
-    client.set_tag(run_id, "checkpoint_sha256", sha)
-    client.log_artifact(run_id, str(final / "hypernet.json"))
-    client.log_artifact(run_id, str(Path(out_dir) / "metrics.jsonl"))
-    client.set_terminated(run_id)
-    summary = json.loads((final / "hypernet.json").read_text())["training"]
+    final, sha, summary = finish_training_run(
+        client, run_id, lambda: train(cfg, base, Path(out_dir), MlflowLogger(client, run_id, echo)),
+        checkpoint_sha256, "hypernet.json", [Path(out_dir) / "metrics.jsonl"],
+    )  # fmt: skip
     return {
         "final": str(final),
         "checkpoint_sha256": sha,

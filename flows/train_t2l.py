@@ -7,7 +7,6 @@ record the trainer emits, as ``flows.train`` does for Doc-to-LoRA.
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from typing import Any
 from mlflow import MlflowClient
 from prefect import flow
 
-from flows.train import MlflowLogger, start_training_run
+from flows.train import MlflowLogger, finish_training_run, start_training_run
 from tasks.settings import DEFAULT_BASE_MODEL, Settings
 
 EXPERIMENT = "instill-t2l"
@@ -48,16 +47,11 @@ def train_t2l(
     client = MlflowClient(tracking_uri=settings.tracking_uri)
     run_id = start_training_run(client, settings, experiment, Path(out_dir).name, base, device, cfg.to_dict())
     command = "instill " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    try:
-        final = train(cfg, base, Path(out_dir), MlflowLogger(client, run_id, echo), command=command)
-    except BaseException:
-        client.set_terminated(run_id, status="FAILED")
-        raise
-    sha = sha256_files([final / WEIGHTS_FILE])
-    client.set_tag(run_id, "checkpoint_sha256", sha)
-    client.log_artifact(run_id, str(final / "t2l.json"))
-    client.set_terminated(run_id)
-    summary = json.loads((final / "t2l.json").read_text())["training"]
+    final, sha, summary = finish_training_run(
+        client, run_id,
+        lambda: train(cfg, base, Path(out_dir), MlflowLogger(client, run_id, echo), command=command),
+        lambda folder: sha256_files([folder / WEIGHTS_FILE]), "t2l.json",
+    )  # fmt: skip
     return {
         "final": str(final),
         "checkpoint_sha256": sha,
