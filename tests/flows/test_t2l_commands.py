@@ -6,13 +6,12 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 import typer
 from mlflow import MlflowClient
 from typer.testing import CliRunner
 
 from hypernet.adapter import load_adapter, read_lineage
-from hypernet.t2l import T2LConfig, T2LHypernet, save_t2l
+from tests.fixtures.models import make_tiny_t2l
 
 TINY_SETS = [
     "--set=steps=4",
@@ -41,17 +40,7 @@ def _app() -> typer.Typer:
 
 @pytest.fixture
 def checkpoint(tiny_base, tmp_path: Path) -> Path:
-    torch.manual_seed(0)
-    net = T2LHypernet(
-        T2LConfig.from_base_model(
-            tiny_base.model, latent=32, rank=4, base_weights_sha256=tiny_base.weights_sha256
-        )
-    )
-    with torch.no_grad():
-        for head in net.heads:
-            head.weight.normal_(0, 0.05)
-    save_t2l(net, tmp_path / "t2l")
-    return tmp_path / "t2l"
+    return make_tiny_t2l(tiny_base, tmp_path / "t2l", 0.05)
 
 
 def test_text_to_lora_writes_a_peft_folder_with_lineage_to_the_text(

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from hypernet.t2l import T2LConfig, T2LHypernet, describe_to_lora, save_t2l
+from hypernet.t2l import describe_to_lora
 from tasks.instruction import (
     InstructionError,
     InstructionGateConfig,
@@ -17,6 +16,7 @@ from tasks.instruction import (
     matched_behaviour,
 )
 from tasks.settings import GeneratorConfig
+from tests.fixtures.models import make_tiny_t2l
 
 DOC = b"---\ntitle: style\ninstill: {kind: instruction}\n---\nAlways answer in one word.\n"
 
@@ -39,24 +39,10 @@ def test_a_suite_description_matches_its_behaviour_and_free_text_does_not() -> N
     assert matched_behaviour("Mention the refund policy number when relevant.", 0.6)[0] is None
 
 
-def _checkpoint(tiny_base, folder: Path, scale: float) -> Path:
-    torch.manual_seed(0)
-    net = T2LHypernet(
-        T2LConfig.from_base_model(
-            tiny_base.model, latent=32, rank=4, base_weights_sha256=tiny_base.weights_sha256
-        )
-    )
-    with torch.no_grad():
-        for head in net.heads:
-            head.weight.normal_(0, scale)
-    save_t2l(net, folder)
-    return folder
-
-
 def test_gate_fails_an_adapter_that_does_nothing_and_reports_its_metrics(tiny_base, tmp_path: Path) -> None:
     from hypernet.t2l import load_t2l
 
-    net = load_t2l(_checkpoint(tiny_base, tmp_path / "zero", 0.0))
+    net = load_t2l(make_tiny_t2l(tiny_base, tmp_path / "zero", 0.0))
     cfg = InstructionGateConfig(inputs=2, max_new_tokens=4, preservation_tokens=64)
     verdict = instruction_gate(tiny_base, describe_to_lora(tiny_base, net, "Be kind."), "Be kind.", cfg)
     assert not verdict["passed"] and verdict["metrics"]["effect"] == 0.0
@@ -74,7 +60,7 @@ def test_generate_file_gives_an_instruction_document_a_t2l_adapter(
     from tasks.settings import Settings
 
     monkeypatch.setenv("INSTILL_HOME", str(tmp_path / "home"))
-    ckpt = _checkpoint(tiny_base, tmp_path / "t2l", 0.05)
+    ckpt = make_tiny_t2l(tiny_base, tmp_path / "t2l", 0.05)
     doc = tmp_path / "style.md"
     doc.write_bytes(DOC)
     cfg = GeneratorConfig(name="t2l", base_model=str(tiny_model_dir), options={"checkpoint": str(ckpt)})
