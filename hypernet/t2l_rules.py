@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from hypernet.t2l_inputs import MONTHS, NUMBER_WORDS, Item
 
-__all__ = ["RULES", "Rule"]
+__all__ = ["RULES", "STYLE", "Rule"]
 
 Check = Callable[[Item, str], bool]
 Render = Callable[[Item, str], str]
@@ -577,3 +577,4 @@ def _pooled() -> list[Rule]:
 
 
 RULES: dict[str, Rule] = {rule.name: rule for rule in _content() + _style() + _pooled()}
+STYLE: frozenset[str] = frozenset(rule.name for rule in _style())  # rules that transform any answer

@@ -12,18 +12,29 @@ Descriptions are templated paraphrases: every rule has four phrasings, every phr
 eight sentence frames (``Always ...``, ``From now on, ...``). Training sees three phrasings in six
 frames; the held-out descriptions are the fourth phrasing in every frame plus the others in the two
 remaining frames. Whole behaviours are held out too: three single rules and six combinations of seen
-rules (``SPLITS``).
+rules (``SPLITS``). ``composed_behaviours`` draws further training combinations (any training rule
+followed by a style rule) for runs that should learn to compose rules, never one of the held-out ones.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from functools import cache
 
 from hypernet.t2l_inputs import Item, pool
-from hypernet.t2l_rules import RULES, Rule
+from hypernet.t2l_rules import RULES, STYLE, Rule
 
-__all__ = ["RULES", "SPLITS", "Behaviour", "Rule", "behaviour", "behaviours", "describe"]
+__all__ = [
+    "RULES",
+    "SPLITS",
+    "Behaviour",
+    "Rule",
+    "behaviour",
+    "behaviours",
+    "composed_behaviours",
+    "describe",
+]
 
 
 @dataclass(frozen=True)
@@ -131,3 +142,27 @@ def behaviours(split: str) -> list[Behaviour]:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
     return [behaviour(n) for n in SPLITS[split]]
+
+
+def composed_behaviours(n: int, seed: int = 0) -> list[Behaviour]:
+    """``n`` extra training behaviours: a training rule followed by a style rule, drawn reproducibly by
+    ``seed`` from the pairs whose reference outputs comply with both rules on every training input (so
+    the chain is consistent: ``upper`` after ``json_answer`` would break its keys) and which are not
+    already a behaviour of either split. A pair made of a held-out combination's rules, in either order,
+    and any pair with a held-out rule are excluded, so the held-out behaviours stay unseen."""
+    if n <= 0:
+        return []
+    taken = {frozenset(name.split("+")) for names in SPLITS.values() for name in names}
+    singles = [name for name in SPLITS["train"] if "+" not in name]
+    pairs = [(a, b) for a in singles for b in sorted(STYLE) if b in singles and a != b]
+    pairs = [p for p in pairs if frozenset(p) not in taken]
+    rng = random.Random(f"{seed}:t2l-composed")
+    rng.shuffle(pairs)
+    out: list[Behaviour] = []
+    for pair in pairs:
+        beh = behaviour(_name(pair))
+        if all(beh.complies(item, beh.target(item)) for item in beh.inputs("train")):
+            out.append(beh)
+            if len(out) == n:
+                break
+    return out

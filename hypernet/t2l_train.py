@@ -44,7 +44,7 @@ from hypernet.batching import pad_id, right_pad
 from hypernet.lora import LoraWeights, applied
 from hypernet.metrics import general_texts, per_group_mean
 from hypernet.t2l import T2LConfig, T2LError, T2LHypernet, embed_descriptions, load_t2l, save_t2l
-from hypernet.t2l_tasks import Behaviour, behaviours
+from hypernet.t2l_tasks import Behaviour, behaviours, composed_behaviours
 from hypernet.trainer_state import jsonl_logger, load_optimizer, save_optimizer
 
 Log = Callable[[dict[str, Any]], None]
@@ -65,6 +65,8 @@ class T2LTrainConfig:
     w_l2: float = 1e-3  # L2 penalty on the generated factors (T2L)
     w_margin: float = 0.0  # contrastive term: relu(margin - (ce_other_description - ce_own))
     margin: float = 1.0  # nats
+    margin_disjoint: bool = False  # the margin's other description: the next behaviour sharing no rule
+    extra_combos: int = 0  # further training behaviours: rule + style rule pairs (composed_behaviours)
     w_preserve: float = 0.0  # KL(base || adapted) on general text
     preserve_tokens: int = 128  # tokens of general text per step (one window)
     preserve_adapters: int = 2  # batch descriptions whose adapters read that window
@@ -94,6 +96,7 @@ class T2LTrainConfig:
             "rank": self.rank >= 1,
             "max_target_tokens": self.max_target_tokens >= 1,
             "w_margin": self.w_margin >= 0,
+            "extra_combos": self.extra_combos >= 0,
             "w_preserve": self.w_preserve >= 0,
             "preserve_tokens": self.preserve_tokens >= 2,
             "preserve_adapters": self.preserve_adapters >= 1,
@@ -151,26 +154,33 @@ class Data:
     emb: Tensor  # [n_descriptions, d_embed]
     train: list[tuple[Behaviour, list[int]]]  # training behaviours, their training descriptions
     val: dict[str, list[tuple[Behaviour, list[int]]]]  # "unseen_desc", "unseen_behaviour"
+    owner: list[Behaviour] = field(default_factory=list)  # the behaviour of every description
 
 
-def build_data(base: BaseModel, encoder_layer: int, cache_dir: Path | None, seed: int = 0) -> Data:
-    """Training descriptions of the training behaviours; ONE held-out description per behaviour for
-    the validation batches (embedding costs a base-model pass per description)."""
+def build_data(
+    base: BaseModel, encoder_layer: int, cache_dir: Path | None, seed: int = 0, extra_combos: int = 0
+) -> Data:
+    """Training descriptions of the training behaviours (and ``extra_combos`` composed ones); ONE
+    held-out description per behaviour for the validation batches (embedding costs a base-model pass
+    per description)."""
     texts: list[str] = []
+    owner: list[Behaviour] = []
     rng = random.Random(f"{seed}:t2l-val-desc")
 
-    def add(descs: list[str]) -> list[int]:
+    def add(beh: Behaviour, descs: list[str]) -> list[int]:
         texts.extend(descs)
+        owner.extend([beh] * len(descs))
         return list(range(len(texts) - len(descs), len(texts)))
 
-    train = [(b, add(b.descriptions("train"))) for b in behaviours("train")]
+    seen = behaviours("train") + composed_behaviours(extra_combos, seed)
+    train = [(b, add(b, b.descriptions("train"))) for b in seen]
     val = {
-        "unseen_desc": [(b, add([rng.choice(b.descriptions("heldout"))])) for b in behaviours("train")],
+        "unseen_desc": [(b, add(b, [rng.choice(b.descriptions("heldout"))])) for b in behaviours("train")],
         "unseen_behaviour": [
-            (b, add([rng.choice(b.descriptions("heldout"))])) for b in behaviours("heldout")
+            (b, add(b, [rng.choice(b.descriptions("heldout"))])) for b in behaviours("heldout")
         ],
     }
-    return Data(texts, cached_embeddings(base, texts, encoder_layer, cache_dir), train, val)
+    return Data(texts, cached_embeddings(base, texts, encoder_layer, cache_dir), train, val, owner)
 
 
 def cached_embeddings(base: BaseModel, texts: list[str], layer: int, cache_dir: Path | None) -> Tensor:
@@ -207,13 +217,21 @@ def val_batch(base: BaseModel, data: Data, label: str, cfg: T2LTrainConfig) -> l
     return out
 
 
-def partners(index: list[int]) -> list[int]:
+def partners(index: list[int], rules: list[frozenset[str]] | None = None) -> list[int]:
     """For each example, the description of the NEXT behaviour in the batch (cyclically): the examples
-    of one behaviour share one description, so this is always another behaviour's description."""
+    of one behaviour share one description, so this is always another behaviour's description. With
+    ``rules`` (the rule names of every description), the next one sharing no rule with the own one,
+    where there is one: ``upper`` and ``one_word+upper`` should not be pushed apart on upper case."""
     order = list(dict.fromkeys(index))
     if len(order) < 2:
         raise T2LTrainError("the contrastive margin needs batch_tasks >= 2")
-    return [order[(order.index(d) + 1) % len(order)] for d in index]
+
+    def partner(d: int) -> int:
+        after = order[order.index(d) + 1 :] + order[: order.index(d)]
+        disjoint = [o for o in after if rules is not None and not rules[o] & rules[d]]
+        return (disjoint or after)[0]
+
+    return [partner(d) for d in index]
 
 
 def net_loss(run: Run, batch: list[Example], train: bool = False) -> tuple[Tensor, dict[str, float]]:
@@ -221,7 +239,8 @@ def net_loss(run: Run, batch: list[Example], train: bool = False) -> tuple[Tenso
     cfg, n = run.cfg, len(batch)
     own = [d for d, _, _ in batch]
     contrast = train and cfg.w_margin > 0
-    index = torch.tensor(own + (partners(own) if contrast else []))
+    rules = [frozenset(r.name for r in b.rules) for b in run.data.owner] if cfg.margin_disjoint else None
+    index = torch.tensor(own + (partners(own, rules) if contrast else []))
     uniq, inverse = torch.unique(index, return_inverse=True)
     weights = run.net.lora(run.data.emb[uniq].to(run.base.device), inverse.to(run.base.device))
     nll = sft_nll(run.base, batch + batch if contrast else batch, weights)
@@ -301,7 +320,7 @@ def setup(cfg: T2LTrainConfig, base: BaseModel, out_dir: Path, log: Log) -> Run:
     net = T2LHypernet(net_cfg).to(base.device)
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     start = time.perf_counter()
-    data = build_data(base, cfg.encoder_layer, Path(out_dir) / "cache", cfg.seed)
+    data = build_data(base, cfg.encoder_layer, Path(out_dir) / "cache", cfg.seed, cfg.extra_combos)
     log(
         {
             "kind": "data",

@@ -177,10 +177,14 @@ def test_partners_pick_another_behaviours_description() -> None:
     assert partners([4, 4, 7, 7, 2]) == [7, 7, 2, 2, 4]
     with pytest.raises(T2LTrainError, match="batch_tasks >= 2"):
         partners([3, 3])
+    rules = [frozenset({"upper"}), frozenset({"one_word", "upper"}), frozenset({"lower"}), frozenset({"upper"})]
+    assert partners([0, 1, 2], rules) == [2, 2, 0]  # upper's next, one_word+upper, shares a rule: skipped
+    assert partners([0, 3], rules) == [3, 0]  # no behaviour without a shared rule: the next one
 
 
 def test_margin_and_preservation_terms_train_and_warm_start(tiny_base, tmp_path: Path) -> None:
     extra = {"w_margin": 1.0, "margin": 0.5, "w_preserve": 1.0, "preserve_skip": 0, "preserve_tokens": 16}
+    extra |= {"margin_disjoint": True, "extra_combos": 8}
     cfg = T2LTrainConfig(**TINY | extra | {"steps": 20, "eval_every": 0, "log_every": 1})
     records: list[dict] = []
     final = train_t2l(cfg, tiny_base, tmp_path / "run", records.append)
@@ -201,3 +205,17 @@ def test_margin_and_preservation_terms_train_and_warm_start(tiny_base, tmp_path:
         train_t2l(bad, tiny_base, tmp_path / "bad", records.append)
     with pytest.raises(ValueError, match="w_margin"):
         T2LTrainConfig(w_margin=-1.0)
+
+
+def test_extra_combos_join_the_training_behaviours_with_their_owners(tiny_base) -> None:
+    from hypernet.t2l_tasks import SPLITS
+    from hypernet.t2l_train import build_data
+
+    data = build_data(tiny_base, -1, None, extra_combos=5)
+    names = [b.name for b, _ in data.train]
+    assert len(names) == len(SPLITS["train"]) + 5 and all("+" in n for n in names[-5:])
+    assert len(data.owner) == len(data.texts) == data.emb.shape[0]
+    for beh, idx in data.train:
+        assert all(data.owner[i] is beh for i in idx) and set(beh.descriptions("train")) == {
+            data.texts[i] for i in idx
+        }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from hypernet.t2l_inputs import Item, pool
-from hypernet.t2l_tasks import RULES, SPLITS, behaviour, behaviours
+from hypernet.t2l_tasks import RULES, SPLITS, behaviour, behaviours, composed_behaviours
 
 PARIS = Item("What is the capital of France?", "Paris", "The capital of France is Paris.", "geography")
 SUM = Item("What is 3 plus 4?", "7", "3 plus 4 is 7.", "maths", "7")
@@ -27,6 +27,23 @@ def test_suite_sizes_and_disjoint_splits() -> None:
         seen, unseen = b.descriptions("train"), b.descriptions("heldout")
         assert len(seen) + len(unseen) >= 10 and not set(seen) & set(unseen), b.name
     assert not set(pool("qa", "train")) & set(pool("qa", "heldout"))
+
+
+def test_composed_behaviours_are_consistent_new_and_never_held_out() -> None:
+    composed = composed_behaviours(40, seed=3)
+    assert len(composed) == 40 and composed == composed_behaviours(40, seed=3)
+    assert [b.name for b in composed] != [b.name for b in composed_behaviours(40, seed=4)]
+    held = {frozenset(n.split("+")) for n in SPLITS["heldout"]}
+    held_rules = {n for n in SPLITS["heldout"] if "+" not in n}
+    taken = {frozenset(n.split("+")) for n in SPLITS["train"]}
+    for b in composed:
+        parts = frozenset(r.name for r in b.rules)
+        assert len(b.rules) == 2 and parts not in held | taken and not parts & held_rules, b.name
+        assert all(b.complies(item, b.target(item)) for item in b.inputs("train")), b.name
+    names = {b.name for b in composed_behaviours(1000)}
+    assert "json_answer+upper" not in names  # upper case breaks the JSON keys: an inconsistent chain
+    assert "upper+one_word" not in names and "one_word+upper" not in names  # a held-out combination
+    assert composed_behaviours(0) == []
 
 
 def test_every_reference_output_complies() -> None:
