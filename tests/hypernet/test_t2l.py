@@ -177,7 +177,7 @@ def test_partners_pick_another_behaviours_description() -> None:
     assert partners([4, 4, 7, 7, 2]) == [7, 7, 2, 2, 4]
     with pytest.raises(T2LTrainError, match="batch_tasks >= 2"):
         partners([3, 3])
-    rules = [frozenset({"upper"}), frozenset({"one_word", "upper"}), frozenset({"lower"}), frozenset({"upper"})]
+    rules = [frozenset(r.split("+")) for r in ("upper", "one_word+upper", "lower", "upper")]
     assert partners([0, 1, 2], rules) == [2, 2, 0]  # upper's next, one_word+upper, shares a rule: skipped
     assert partners([0, 3], rules) == [3, 0]  # no behaviour without a shared rule: the next one
 
