@@ -27,10 +27,10 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,13 @@ from hypernet.lora import LoraWeights, applied
 from hypernet.metrics import general_texts, per_group_mean
 from hypernet.t2l import T2LConfig, T2LError, T2LHypernet, embed_descriptions, load_t2l, save_t2l
 from hypernet.t2l_tasks import Behaviour, behaviours, composed_behaviours
-from hypernet.trainer_state import jsonl_logger, load_optimizer, save_optimizer
+from hypernet.trainer_state import (
+    changed_fields,
+    jsonl_logger,
+    load_optimizer,
+    read_checkpoint_meta,
+    write_checkpoint,
+)
 
 Log = Callable[[dict[str, Any]], None]
 Example = tuple[int, list[int], list[int]]  # (description index, prompt ids, target ids)
@@ -403,21 +409,13 @@ _RESUMABLE = {"max_minutes", "stop_at_step", "log_every", "eval_every", "ckpt_ev
 
 
 def save_checkpoint(run: Run) -> Path:
-    tmp, final = run.out_dir / "checkpoint.tmp", run.out_dir / "checkpoint"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_t2l(run.net, tmp, training={"step": run.step})
-    param_groups = save_optimizer(run.opt, tmp)
-    meta = {"step": run.step, "config": run.cfg.to_dict(), "param_groups": param_groups}
-    (tmp / "trainer.json").write_text(json.dumps(meta, indent=2) + "\n")
-    shutil.rmtree(final, ignore_errors=True)
-    tmp.rename(final)
-    return final
+    save_net = partial(save_t2l, run.net, training={"step": run.step})
+    return write_checkpoint(run.out_dir, save_net, run.opt, {"step": run.step, "config": run.cfg.to_dict()})
 
 
 def load_checkpoint(run: Run, ckpt: Path) -> None:
-    meta = json.loads((ckpt / "trainer.json").read_text())
-    saved, now = T2LTrainConfig(**meta["config"]).to_dict(), run.cfg.to_dict()
-    changed = sorted(k for k in now.keys() - _RESUMABLE if saved.get(k) != now[k])
+    meta = read_checkpoint_meta(ckpt)
+    changed = changed_fields(T2LTrainConfig(**meta["config"]).to_dict(), run.cfg.to_dict(), _RESUMABLE)
     if changed:
         raise T2LTrainError(f"cannot resume from {ckpt}: the config differs in {changed}; use a new --out")
     run.net.load_state_dict(load_t2l(ckpt, run.base.device).state_dict())

@@ -31,11 +31,11 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +50,13 @@ from hypernet.features import FeatureConfig, FeatureEncoder
 from hypernet.metrics import per_group_mean
 from hypernet.model import Hypernet, HypernetConfig, load_hypernet, save_hypernet, shared_fraction
 from hypernet.teacher import TeacherCache, answer_logprobs, make_batch
-from hypernet.trainer_state import jsonl_logger, load_optimizer, save_optimizer
+from hypernet.trainer_state import (
+    changed_fields,
+    jsonl_logger,
+    load_optimizer,
+    read_checkpoint_meta,
+    write_checkpoint,
+)
 from hypernet.validate import Subject, validate
 
 Log = Callable[[dict[str, Any]], None]
@@ -425,28 +431,17 @@ class TrainError(Exception):
 
 def save_checkpoint(run: Run) -> Path:
     """``out_dir/checkpoint``: the network, AdamW's state as safetensors, and the step + config as JSON."""
-    tmp, final = run.out_dir / "checkpoint.tmp", run.out_dir / "checkpoint"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_hypernet(run.net, tmp, training={"step": run.step})
-    param_groups = save_optimizer(run.opt, tmp)
-    meta = {
-        "step": run.step, "config": run.cfg.to_dict(), "param_groups": param_groups,
-        "corpus_manifest_sha256": run.corpus_sha256,
-    }  # fmt: skip
-    (tmp / "trainer.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
+    meta = {"step": run.step, "config": run.cfg.to_dict(), "corpus_manifest_sha256": run.corpus_sha256}
+    save_net = partial(save_hypernet, run.net, training={"step": run.step})
+    final = write_checkpoint(run.out_dir, save_net, run.opt, meta)
     if run.on_checkpoint is not None:
         run.on_checkpoint(final)
     return final
 
 
 def load_checkpoint(run: Run, ckpt: Path) -> None:
-    meta = json.loads((ckpt / "trainer.json").read_text())
-    # fields added since the checkpoint was written take their defaults
-    saved, now = TrainConfig(**meta["config"]).to_dict(), run.cfg.to_dict()
-    changed = sorted(k for k in now.keys() - _RESUMABLE if saved.get(k) != now[k])
+    meta = read_checkpoint_meta(ckpt)
+    changed = changed_fields(TrainConfig(**meta["config"]).to_dict(), run.cfg.to_dict(), _RESUMABLE)
     if changed:
         raise TrainError(f"cannot resume from {ckpt}: the config differs in {changed}; use a new --out")
     if meta.get("corpus_manifest_sha256", "") != run.corpus_sha256:
