@@ -45,6 +45,10 @@ class LoraWeights:
     def modules(self) -> list[str]:
         return list(self.A)
 
+    def scaled(self, factor: float) -> LoraWeights:
+        """The same factors with the update multiplied by ``factor`` (a weaker or stronger adapter)."""
+        return LoraWeights(self.A, self.B, self.scaling * factor)
+
     @property
     def target_names(self) -> list[str]:
         """Leaf names of the targeted modules (``["down_proj"]``), for ``target_modules``."""

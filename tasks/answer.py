@@ -308,7 +308,7 @@ class Answerer:
             context = rag_context([d.text for d in chosen], self.serving.rag_max_words)
         instructions = [d for d in self.instructions() if d not in chosen]  # a named one is applied once
         if instructions:
-            extra = [self.cache.weights(d) for d in instructions]
+            extra = [self.cache.weights(d).scaled(self.serving.instruction_scale) for d in instructions]
             weights = apply_together(([weights] if weights is not None else []) + extra)
         return Plan(strategy, list(chosen), list(scores), weights, context, routed, instructions)
 

@@ -252,6 +252,9 @@ class ServingConfig(_Strict):
     webhook_url: str | None = Field(default=None, pattern=r"^https?://\S+$")
     # Apply the production instruction adapter (if any) with the knowledge adapters of every answer.
     apply_instruction: bool = True
+    # Its update's scale when applied (1: as generated). Below 1 trades instruction compliance for the
+    # knowledge adapters' effect; `instill eval-t2l-combined --set 'instruction_scales=[...]'` measures it.
+    instruction_scale: float = Field(default=1.0, gt=0, le=4)
 
 
 class ExecutionConfig(_Strict):

@@ -23,3 +23,10 @@ def test_apply_together_sums_each_modules_updates_and_pads_the_ranks():
     assert torch.allclose(both.delta("l.0.down_proj"), knowledge.delta("l.0.down_proj"), atol=1e-5)
     summed = instruction.delta("l.0.q_proj") + knowledge.delta("l.0.q_proj")
     assert torch.allclose(both.delta("l.0.q_proj"), summed, atol=1e-5)
+
+
+def test_scaled_multiplies_the_update_and_leaves_the_factors():
+    w = _weights(["l.0.q_proj"], rank=4, scaling=2.0, seed=2)
+    half = w.scaled(0.5)
+    assert half.A is w.A and half.B is w.B and half.scaling == 1.0
+    assert torch.allclose(half.delta("l.0.q_proj"), 0.5 * w.delta("l.0.q_proj"), atol=1e-6)

@@ -69,6 +69,19 @@ def test_rag_applies_the_instruction_adapter_alone_over_the_retrieved_context(li
     assert off.weights is None and off.instructions == []
 
 
+def test_the_instruction_scale_setting_scales_the_instruction_update(live):
+    from tasks.answer import Answerer
+
+    data = yaml.safe_load(live.read_text())
+    data["serving"]["instruction_scale"] = 0.5
+    live.write_text(yaml.safe_dump(data))
+    forget_runtimes()
+    plan = Answerer(str(live), strategy="rag").plan("When did the Alpha station open?")
+    instruction = _production_weights(live, "docs:style.md")
+    for path in instruction.modules:
+        assert torch.allclose(plan.weights.delta(path), 0.5 * instruction.delta(path), atol=1e-6), path
+
+
 def test_ask_names_the_instruction_adapter_and_the_setting_turns_it_off(live):
     code, output = instill("ask", "Who is the chief engineer?", "--config", str(live))
     assert code == 0, output
