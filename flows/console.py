@@ -16,7 +16,14 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
-from tasks.settings import ConfigError, GeneratorConfig, Settings, apply_runtime_env, load_knowledge_base
+from tasks.settings import (
+    ConfigError,
+    GeneratorConfig,
+    InstructionsConfig,
+    Settings,
+    apply_runtime_env,
+    load_knowledge_base,
+)
 
 console = Console(stderr=True, soft_wrap=True)  # progress, logs and errors
 # Results. Piped, rich would cut tables to 80 columns: a width no table reaches keeps SOURCE:KEY and hashes
@@ -138,6 +145,15 @@ def generator_config(settings: Settings) -> GeneratorConfig:
         return GeneratorConfig()
     with user_errors():
         return load_knowledge_base(settings.config).generator
+
+
+def instructions_config(settings: Settings) -> InstructionsConfig:
+    """The knowledge base's ``instructions`` section (T2L options, gate) when its file exists, else the
+    defaults."""
+    if not settings.config.is_file():
+        return InstructionsConfig()
+    with user_errors():
+        return load_knowledge_base(settings.config).instructions
 
 
 class _Redact(logging.Filter):

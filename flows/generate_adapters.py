@@ -23,7 +23,7 @@ from prefect.states import Completed
 
 from tasks.dispatch import report_message
 from tasks.gate import gate
-from tasks.generate import generate_batch
+from tasks.generate import batch_kind, generate_batch
 from tasks.lock import GPU_LIMIT
 from tasks.runtime import runtime
 
@@ -48,7 +48,7 @@ def generate_adapters(
 
     with concurrency(GPU_LIMIT, occupy=1):
         seconds = {"slot": lap()}
-        rt.generator()  # the base model and the generator, once for the whole batch
+        rt.generator(batch_kind(config, version_ids))  # the base model and the generator, once per batch
         seconds["load"] = lap()
         generated = generate_task(config, version_ids, generator_id, run_id)
         seconds["generate"] = lap()

@@ -19,6 +19,7 @@ from flows.console import (
     console,
     fail,
     generator_config,
+    instructions_config,
     out,
     print_record,
     print_rows,
@@ -174,7 +175,7 @@ def generate(
     from tasks.parse import ParseError
 
     with user_errors(ParseError, InstructionError, GeneratorError):
-        report = generate_file(settings, gen_cfg, doc_file, out_dir)
+        report = generate_file(settings, gen_cfg, doc_file, out_dir, instructions_config(settings))
     out.print(
         f"wrote {out_dir} with {report['generator']} in {report['seconds']:.1f} s "
         f"(adapter sha256 {report['adapter_sha256'][:12]})"

@@ -27,6 +27,7 @@ from tasks.settings import (
     INSTRUCTION_GENERATOR,
     DocumentKind,
     GeneratorConfig,
+    InstructionsConfig,
     Settings,
 )
 
@@ -75,6 +76,15 @@ def generate(
     except Exception as exc:  # one document's failure must not stop the others
         return _failed(job, exc)
     return _record(rt, job, generator_id, result, flow_run_id)
+
+
+def batch_kind(config: str, version_ids: list[int]) -> DocumentKind:
+    """The kind of a batch's versions (the refresh sends instructions and knowledge in separate batches),
+    so a worker loads the generator the batch needs and no other."""
+    rt = runtime(config)
+    with session_scope(rt.sessions) as session:
+        kinds = {session.get(DocumentVersion, v).kind for v in version_ids}
+    return kinds.pop() if len(kinds) == 1 else DocumentKind.KNOWLEDGE
 
 
 def generate_batch(
@@ -272,11 +282,18 @@ def _progress_logger(document: str):
     return progress
 
 
-def generate_file(settings: Settings, cfg: GeneratorConfig, doc_file: Path, out_dir: Path) -> dict:
+def generate_file(
+    settings: Settings,
+    cfg: GeneratorConfig,
+    doc_file: Path,
+    out_dir: Path,
+    instructions: InstructionsConfig | None = None,
+) -> dict:
     """`instill generate`: one file straight to an adapter folder, outside any knowledge base.
 
     A document whose front matter declares ``instill: {kind: instruction}`` gets a Text-to-LoRA adapter
-    of its body (``tasks.instruction``) and that adapter's own gate, whatever generator is configured.
+    of its body (``tasks.instruction``) and that adapter's own gate, whatever generator is configured:
+    ``instructions`` (the knowledge base's section, when there is one) gives its options and thresholds.
     """
     from tasks.instruction import instruction_text
     from tasks.parse import parse_document
@@ -284,7 +301,8 @@ def generate_file(settings: Settings, cfg: GeneratorConfig, doc_file: Path, out_
     data = doc_file.read_bytes()
     instruction = instruction_text(data, doc_file.name)
     if instruction is not None:
-        return _instruction_file(settings, cfg, doc_file, data, instruction, out_dir)
+        how = instructions or InstructionsConfig()
+        return _instruction_file(settings, cfg, how, doc_file, data, instruction, out_dir)
     parsed = parse_document(data, doc_file.name)
     gen = build_generator(settings, cfg)
     given = parsed.text[:MAX_GENERATOR_CHARS]
@@ -297,18 +315,23 @@ def generate_file(settings: Settings, cfg: GeneratorConfig, doc_file: Path, out_
 
 
 def _instruction_file(
-    settings: Settings, cfg: GeneratorConfig, doc_file: Path, data: bytes, text: str, out_dir: Path
+    settings: Settings,
+    cfg: GeneratorConfig,
+    how: InstructionsConfig,
+    doc_file: Path,
+    data: bytes,
+    text: str,
+    out_dir: Path,
 ) -> dict:
     """An instruction document: the ``t2l`` generator on its body, then the instruction gate."""
     from tasks.instruction import InstructionGateConfig, instruction_gate
 
-    # A configured t2l keeps its checkpoint; any other generator's options mean nothing to T2L.
-    options = dict(cfg.options) if cfg.name == INSTRUCTION_GENERATOR else {}
-    gen = build_generator(
-        settings, GeneratorConfig(name=INSTRUCTION_GENERATOR, base_model=cfg.base_model, options=options)
-    )
+    t2l = how.generator(cfg.base_model)
+    if not t2l.options and cfg.name == INSTRUCTION_GENERATOR:  # a configured t2l keeps its checkpoint
+        t2l = cfg
+    gen = build_generator(settings, t2l)
     result = gen.generate(text)
-    verdict = instruction_gate(gen.base, result.weights, text, InstructionGateConfig())
+    verdict = instruction_gate(gen.base, result.weights, text, InstructionGateConfig(**how.gate.model_dump()))
     text_sha = hashlib.sha256(text.encode()).hexdigest()
     lineage = _file_lineage(doc_file, data, text_sha, "front-matter instruction", gen)
     lineage |= {"kind": DocumentKind.INSTRUCTION.value, "instruction": text, "qa": verdict}

@@ -7,8 +7,9 @@ from __future__ import annotations
 from tasks.catalog.db import session_scope
 from tasks.catalog.models import Adapter
 from tasks.gate import gate
-from tasks.generate import generate_batch
+from tasks.generate import batch_kind, generate_batch
 from tasks.runtime import forget_runtimes, runtime
+from tasks.settings import DocumentKind
 from tasks.sweep import sweep
 from tests.fixtures.instructions import STYLE, instruction_kb
 from tests.fixtures.kb import record_all
@@ -24,6 +25,8 @@ def test_instruction_versions_go_to_t2l_on_a_worker_and_get_the_instruction_gate
     assert len(todo.versions) == 1 and len(todo.instructions) == 2
     assert todo.instruction_generator_id not in (None, todo.generator_id)
 
+    assert batch_kind(str(config), todo.instructions) == DocumentKind.INSTRUCTION
+    assert batch_kind(str(config), todo.versions) == DocumentKind.KNOWLEDGE
     made = generate_batch(str(config), todo.instructions, todo.instruction_generator_id, "worker-run")
     assert all(o.error is None for o in made) and sorted(o.reused for o in made) == [False, True]
     verdict = gate(str(config), made[0].adapter_id)

@@ -57,7 +57,7 @@ def test_generate_file_gives_an_instruction_document_a_t2l_adapter(
 ):
     from hypernet.adapter import load_adapter
     from tasks.generate import generate_file
-    from tasks.settings import Settings
+    from tasks.settings import InstructionsConfig, Settings
 
     monkeypatch.setenv("INSTILL_HOME", str(tmp_path / "home"))
     ckpt = make_tiny_t2l(tiny_base, tmp_path / "t2l", 0.05)
@@ -68,6 +68,16 @@ def test_generate_file_gives_an_instruction_document_a_t2l_adapter(
     assert report["generator"] == "t2l" and "passed" in report["qa"]
     lineage = json.loads((tmp_path / "out" / "instill.json").read_text())
     assert lineage["kind"] == "instruction" and lineage["instruction"] == "Always answer in one word."
+    assert lineage["qa"]["metrics"]["config"]["max_nll_increase"] == 0.3  # the default gate
+
+    # a knowledge base's instructions section: its checkpoint (whatever the generator) and its gate
+    how = InstructionsConfig(options={"checkpoint": str(ckpt)}, gate={"max_nll_increase": 0.0, "inputs": 2})
+    report = generate_file(
+        Settings(), GeneratorConfig(base_model=str(tiny_model_dir)), doc, tmp_path / "o2", how
+    )
+    metrics = report["qa"]["metrics"]
+    assert report["generator"] == "t2l" and metrics["config"]["max_nll_increase"] == 0.0
+    assert len(metrics["samples"]) == 2 and not report["qa"]["passed"], "no NLL increase allowed: fails"
     assert (
         lineage["generator"]["kind"] == "t2l" and lineage["qa"]["metrics"]["matched_behaviour"] == "one_word"
     )
