@@ -1,7 +1,8 @@
 """The refresh's `finish` step: close a source's refresh run, moving its cursor only when that is safe.
 
 The cursor moves when every change it covers was recorded (the run succeeded, or only bad input failed);
-a transient failure keeps it where it was, so the next run fetches those changes again.
+a transient failure keeps it where it was, so the next run fetches those changes again. The source's
+``content`` setting is stored at the same moment, so a changed setting is applied to every document once.
 """
 
 from __future__ import annotations
@@ -65,5 +66,8 @@ def finish(
         if status in (RunStatus.SUCCEEDED, RunStatus.PARTIAL):
             run.source.cursor = dump_cursor(cursor)
             run.cursor_after = run.source.cursor
+            # the documents are now read as the source's ``content`` says (``tasks.detect`` compares)
+            content = rt.source_config(run.source.name).content.value
+            run.source.config = {**(run.source.config or {}), "content": content}
         else:
             run.cursor_after = run.cursor_before

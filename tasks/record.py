@@ -85,15 +85,25 @@ def _record(config: str, source_name: str, change: Change, flow_run_id: str | No
     return _record_fetched(rt, source_name, change, data, connector.document_filename(change), flow_run_id)
 
 
-def _holds(doc: Document | None, latest: DocumentVersion | None, change: Change) -> bool:
-    """True when the catalog already holds this change: the document is at this path and revision."""
+def _holds(
+    doc: Document | None, latest: DocumentVersion | None, change: Change, read: DocumentVersion | None = None
+) -> bool:
+    """True when the catalog already holds this change: the document is at this path and revision. A
+    re-read (``change.reread``) is held only once ``read`` shows the same text, kind and error."""
     if doc is None or latest is None or change.revision is None:
         return False
-    return (
+    same = (
         doc.current_path == change.key
         and doc.state is not DocumentState.DELETED
         and latest.source_revision == change.revision
         and latest.path == (change.title or change.key)
+    )
+    if not change.reread:
+        return same
+    return (
+        same
+        and read is not None
+        and (latest.text_sha256, latest.kind, latest.error) == (read.text_sha256, read.kind, read.error)
     )
 
 
@@ -187,7 +197,7 @@ def _record_version(
         doc = _document_for(session, source.id, change)
         if doc.id is not None:  # re-checked inside the write transaction: another writer may have won
             latest = queries.latest_version(session, doc.id)
-            if _holds(doc, latest, change):
+            if _holds(doc, latest, change, version):
                 return ChangeOutcome(change, doc.id, latest.id, error=latest.error)
         doc.current_path = change.key
         if change.title or title:  # the source's title (wiki), else the document's first heading

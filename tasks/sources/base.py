@@ -62,6 +62,9 @@ class Change:
     revision: str | None  # the new revision; None for a deletion
     old_key: str | None = None
     title: str | None = None  # a display path/title when it differs from the key (wiki titles)
+    # Read again although the catalog holds this revision: its source's ``content`` setting changed,
+    # which can change the document's kind (``tasks.detect``).
+    reread: bool = False
 
 
 @dataclass(frozen=True)
