@@ -30,21 +30,19 @@ between the own and a shuffled document's adapter gave specificity. This impleme
 
 from __future__ import annotations
 
-import json
 import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from hypernet.base_model import sha256_files
 from hypernet.features import pad_features
 from hypernet.lora import LoraWeights, target_linears
+from hypernet.network_files import fill_network, read_network, write_network
 
 WEIGHTS_FILE = "hypernet.safetensors"
 META_FILE = "hypernet.json"
@@ -328,15 +326,7 @@ def save_hypernet(net: Hypernet, out_dir: Path, training: dict[str, Any] | None 
 
     Returns the checkpoint's sha256 (of the safetensors file, which carries the config too).
     """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = asdict(net.cfg)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"config": json.dumps(config, sort_keys=True)})
-    sha = checkpoint_sha256(out_dir)
-    meta = {"config": config, "sha256": sha, "training": training or {}}
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return sha
+    return write_network(net, out_dir, (WEIGHTS_FILE, META_FILE), training)
 
 
 def checkpoint_sha256(ckpt_dir: Path) -> str:
@@ -346,18 +336,7 @@ def checkpoint_sha256(ckpt_dir: Path) -> str:
 
 def load_hypernet(ckpt_dir: Path, device: str = "cpu") -> Hypernet:
     """Load a checkpoint written by ``save_hypernet`` (no pickle anywhere)."""
-    path = Path(ckpt_dir) / WEIGHTS_FILE
-    if not path.is_file():
-        raise CheckpointError(f"no hypernetwork checkpoint at {ckpt_dir}: {WEIGHTS_FILE} is missing")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            config = json.loads((fh.metadata() or {})["config"])
-        state = load_file(str(path))
-    except (KeyError, ValueError, OSError, SafetensorError) as exc:
-        raise CheckpointError(f"hypernetwork checkpoint {path} is unreadable: {exc}") from exc
+    config, state = read_network(ckpt_dir, WEIGHTS_FILE, "hypernetwork", CheckpointError)
     net = Hypernet(HypernetConfig.from_dict(config))
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise CheckpointError(f"hypernetwork checkpoint {path} does not match its config: {exc}") from exc
+    fill_network(net, state, Path(ckpt_dir) / WEIGHTS_FILE, "hypernetwork", CheckpointError)
     return net.to(device).eval()

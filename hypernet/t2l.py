@@ -19,20 +19,18 @@ metadata, plus a JSON sidecar; never pickles.
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from hypernet.base_model import BaseModel, sha256_files
 from hypernet.lora import LoraWeights, target_linears
+from hypernet.network_files import fill_network, read_network, write_network
 
 WEIGHTS_FILE = "t2l.safetensors"
 META_FILE = "t2l.json"
@@ -206,28 +204,12 @@ def describe_to_lora(base: BaseModel, net: T2LHypernet, description: str) -> Lor
 
 def save_t2l(net: T2LHypernet, out_dir: Path, training: dict[str, Any] | None = None) -> str:
     """``t2l.safetensors`` (weights, config in its metadata) and ``t2l.json``; returns the sha256."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    config = asdict(net.cfg)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"config": json.dumps(config, sort_keys=True)})
-    sha = sha256_files([out_dir / WEIGHTS_FILE])
-    meta = {"config": config, "sha256": sha, "training": training or {}}
-    (out_dir / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    return sha
+    return write_network(net, out_dir, (WEIGHTS_FILE, META_FILE), training)
 
 
 def load_t2l(ckpt_dir: Path, device: str = "cpu", base: BaseModel | None = None) -> T2LHypernet:
     """Load a checkpoint written by ``save_t2l``; with ``base``, check it was built for that model."""
-    path = Path(ckpt_dir) / WEIGHTS_FILE
-    if not path.is_file():
-        raise T2LError(f"no T2L checkpoint at {ckpt_dir}: {WEIGHTS_FILE} is missing")
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            config = json.loads((fh.metadata() or {})["config"])
-        state = load_file(str(path))
-    except (KeyError, ValueError, OSError, SafetensorError) as exc:
-        raise T2LError(f"T2L checkpoint {path} is unreadable: {exc}") from exc
+    config, state = read_network(ckpt_dir, WEIGHTS_FILE, "T2L", T2LError)
     cfg = T2LConfig.from_dict(config)
     if base is not None and cfg.base_weights_sha256 and cfg.base_weights_sha256 != base.weights_sha256:
         raise T2LError(
@@ -235,10 +217,7 @@ def load_t2l(ckpt_dir: Path, device: str = "cpu", base: BaseModel | None = None)
             f"(weights {cfg.base_weights_sha256[:12]}), not {base.model_id!r} ({base.weights_sha256[:12]})"
         )
     net = T2LHypernet(cfg)
-    try:
-        net.load_state_dict(state)
-    except RuntimeError as exc:
-        raise T2LError(f"T2L checkpoint {path} does not match its config: {exc}") from exc
+    fill_network(net, state, Path(ckpt_dir) / WEIGHTS_FILE, "T2L", T2LError)
     return net.to(device).eval()
 
 
