@@ -6,16 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
 import torch
-import typer
 from mlflow import MlflowClient
-from typer.testing import CliRunner
 
 from flows.train import EXPERIMENT, flatten
 from hypernet.model import checkpoint_sha256, load_hypernet
 from hypernet.train import parse_overrides
 from tests.fixtures.hypernet import TINY_NET
+from tests.fixtures.kb import instill
 
 OPTIONS = {
     "data": {"n_train": 16, "n_heldout": 4, "max_level": 2},
@@ -31,22 +29,8 @@ OPTIONS = {
 }
 
 
-@pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    monkeypatch.setenv("INSTILL_HOME", str(tmp_path / ".instill"))
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    return uri
-
-
-def _app() -> typer.Typer:
-    from flows.cli import app
-
-    return app
-
-
 def test_flow_trains_and_streams_metrics_to_mlflow(
-    prefect_server, home: str, tiny_model_dir, tmp_path
+    prefect_server, mlflow_home, tiny_model_dir, tmp_path
 ) -> None:
     from flows.train import train_hypernet
 
@@ -54,7 +38,7 @@ def test_flow_trains_and_streams_metrics_to_mlflow(
     final = Path(result["final"])
     assert result["checkpoint_sha256"] == checkpoint_sha256(final) and result["device"] == "cpu"
     assert result["steps"] == 6 and load_hypernet(final).cfg.rank == TINY_NET["rank"]
-    client = MlflowClient(tracking_uri=home)
+    client = MlflowClient(tracking_uri=mlflow_home)
     run = client.get_run(result["mlflow_run_id"])
     assert run.info.status == "FINISHED"
     assert run.data.tags["checkpoint_sha256"] == result["checkpoint_sha256"]
@@ -68,23 +52,23 @@ def test_flow_trains_and_streams_metrics_to_mlflow(
     assert {"hypernet.json", "metrics.jsonl", "train_config.json"} <= artifacts
 
 
-def test_command_trains_with_overrides(prefect_server, home: str, tiny_model_dir, tmp_path) -> None:
+def test_command_trains_with_overrides(prefect_server, mlflow_home, tiny_model_dir, tmp_path) -> None:
     sets = [f"--set=data.{k}={v}" for k, v in OPTIONS["data"].items()]
     sets += [f"--set=net.{k}={v}" for k, v in TINY_NET.items()]
     sets += ["--set=bias_steps=1", "--set=batch_docs=2", "--set=eval_every=0", "--set=em_docs=0"]
     args = ["train-hypernet", "--out", str(tmp_path / "run"), "--base", str(tiny_model_dir), "--steps", "3"]
-    result = CliRunner().invoke(_app(), args + sets)
-    assert result.exit_code == 0, result.output
-    assert "final checkpoint" in result.output and "3 steps on cpu" in result.output
+    code, output = instill(*args + sets)
+    assert code == 0, output
+    assert "final checkpoint" in output and "3 steps on cpu" in output
     assert json.loads((tmp_path / "run" / "final" / "hypernet.json").read_text())["training"]["steps"] == 3
 
 
-def test_command_names_a_bad_override(home: str, tiny_model_dir, tmp_path) -> None:
+def test_command_names_a_bad_override(mlflow_home, tiny_model_dir, tmp_path) -> None:
     args = ["train-hypernet", "--out", str(tmp_path / "run"), "--base", str(tiny_model_dir)]
-    result = CliRunner().invoke(_app(), [*args, "--set", "stepz=3"])
-    assert result.exit_code == 2 and "stepz" in result.output
-    result = CliRunner().invoke(_app(), [*args, "--set", "steps"])
-    assert result.exit_code == 2 and "expected KEY=VALUE" in result.output
+    code, output = instill(*args, "--set", "stepz=3")
+    assert code == 2 and "stepz" in output
+    code, output = instill(*args, "--set", "steps")
+    assert code == 2 and "expected KEY=VALUE" in output
 
 
 def test_flatten_keeps_numeric_leaves_under_slashed_names() -> None:
