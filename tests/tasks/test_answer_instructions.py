@@ -96,3 +96,19 @@ def test_ask_names_the_instruction_adapter_and_the_setting_turns_it_off(live):
     forget_runtimes()
     code, output = instill("ask", "Who is the chief engineer?", "--json", "--config", str(live))
     assert code == 0 and _record(output)["instructions"] == []
+
+
+def test_serve_names_the_instruction_adapter_in_its_instill_field(live):
+    """`serve`'s OpenAI-shaped reply carries what `ask` reports (in-process: FastAPI's test client)."""
+    from fastapi.testclient import TestClient
+
+    from flows.serve import create_app
+    from tasks.answer import Answerer
+
+    with TestClient(create_app(Answerer(str(live), strategy="top1"))) as client:
+        question = {"role": "user", "content": "Who is the chief engineer?"}
+        reply = client.post("/v1/chat/completions", json={"model": "instrkb", "messages": [question]})
+    assert reply.status_code == 200, reply.text
+    extra = reply.json()["instill"]
+    assert [i["document"] for i in extra["instructions"]] == ["docs:style.md"]
+    assert [a["document"] for a in extra["adapters"]] == ["docs:alpha.md"]
