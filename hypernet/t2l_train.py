@@ -30,7 +30,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
+from functools import cached_property, partial
 from pathlib import Path
 from typing import Any
 
@@ -162,6 +162,11 @@ class Data:
     val: dict[str, list[tuple[Behaviour, list[int]]]]  # "unseen_desc", "unseen_behaviour"
     owner: list[Behaviour] = field(default_factory=list)  # the behaviour of every description
 
+    @cached_property
+    def rule_sets(self) -> list[frozenset[str]]:
+        """The rule names of every description's behaviour (the rule-disjoint margin's partners)."""
+        return [frozenset(r.name for r in b.rules) for b in self.owner]
+
 
 def build_data(
     base: BaseModel, encoder_layer: int, cache_dir: Path | None, seed: int = 0, extra_combos: int = 0
@@ -245,7 +250,7 @@ def net_loss(run: Run, batch: list[Example], train: bool = False) -> tuple[Tenso
     cfg, n = run.cfg, len(batch)
     own = [d for d, _, _ in batch]
     contrast = train and cfg.w_margin > 0
-    rules = [frozenset(r.name for r in b.rules) for b in run.data.owner] if cfg.margin_disjoint else None
+    rules = run.data.rule_sets if cfg.margin_disjoint else None
     index = torch.tensor(own + (partners(own, rules) if contrast else []))
     uniq, inverse = torch.unique(index, return_inverse=True)
     weights = run.net.lora(run.data.emb[uniq].to(run.base.device), inverse.to(run.base.device))

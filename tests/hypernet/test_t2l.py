@@ -215,6 +215,8 @@ def test_extra_combos_join_the_training_behaviours_with_their_owners(tiny_base) 
     names = [b.name for b, _ in data.train]
     assert len(names) == len(SPLITS["train"]) + 5 and all("+" in n for n in names[-5:])
     assert len(data.owner) == len(data.texts) == data.emb.shape[0]
+    combo, first = data.train[-1][0], data.train[-1][1][0]
+    assert data.rule_sets[first] == {r.name for r in combo.rules} and len(data.rule_sets[first]) == 2
     for beh, idx in data.train:
         assert all(data.owner[i] is beh for i in idx) and set(beh.descriptions("train")) == {
             data.texts[i] for i in idx
