@@ -41,7 +41,7 @@ from hypernet.probes import Probe
 
 Log = Callable[[dict[str, Any]], None]
 CONDITIONS = ("base", "bias", "own", "wrong", "in_context")
-GENERATORS = ("hypernet", "cd", "hypernet+cd")
+GENERATORS = ("hypernet", "cd", "hypernet+cd", "memory")
 REAL_GENERATORS = ("hypernet", "cd:5", "cd:10", "cd:20", "hypernet+cd:2", "hypernet+cd:5")
 
 

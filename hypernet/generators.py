@@ -4,7 +4,8 @@ Every generator turns a document's text into ``LoraWeights`` for one base model 
 fingerprint: the pipeline keys adapters on (text sha256, generator fingerprint), so a rerun with the
 same base model, generator kind, config (and checkpoint) regenerates nothing. Kinds: ``cd``
 (per-document context distillation), ``hypernet`` (the trained Doc-to-LoRA network, one pass),
-``hypernet+cd`` (the generated adapter refined by a few distillation steps) and ``t2l`` (an
+``hypernet+cd`` (the generated adapter refined by a few distillation steps), ``memory`` (the
+document's closed-form key-value memory alone, ``hypernet.memory``) and ``t2l`` (an
 instruction's text through the Text-to-LoRA network, ``hypernet.t2l``). Other kinds can be added
 with ``register_generator``.
 """
@@ -15,7 +16,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -23,7 +24,8 @@ from hypernet.base_model import DEFAULT_BASE_MODEL, BaseModel, sha256_files
 from hypernet.cd import distill
 from hypernet.config import CDConfig
 from hypernet.features import FeatureConfig, FeatureEncoder
-from hypernet.lora import LoraWeights
+from hypernet.lora import LoraWeights, apply_together
+from hypernet.memory import MemoryConfig, key_statistics, memory_lora
 from hypernet.model import WEIGHTS_FILE, CheckpointError, Hypernet, checkpoint_sha256, load_hypernet
 from hypernet.t2l import WEIGHTS_FILE as T2L_WEIGHTS
 from hypernet.t2l import T2LError, T2LHypernet, describe_to_lora, load_t2l, shipped_checkpoint
@@ -144,6 +146,7 @@ class HypernetGeneratorConfig:
     checkpoint: str | None = None
     max_chunks: int = 8
     refine: CDConfig = field(default_factory=lambda: CDConfig(steps=REFINE_STEPS))
+    memory: MemoryConfig | None = field(default_factory=MemoryConfig)
 
     def __post_init__(self) -> None:
         if self.max_chunks < 1:
@@ -158,15 +161,31 @@ class HypernetGeneratorConfig:
 
     @classmethod
     def from_options(cls, options: dict[str, Any], refine: bool) -> HypernetGeneratorConfig:
-        """``checkpoint`` and ``max_chunks``, plus (``hypernet+cd`` only) any CDConfig field."""
-        own = {"checkpoint", "max_chunks"}
+        """``checkpoint``, ``max_chunks`` and ``memory`` (false, true or MemoryConfig fields), plus
+        (``hypernet+cd`` only) any CDConfig field."""
+        own = {"checkpoint", "max_chunks", "memory"}
         cd_keys = set(CDConfig.__dataclass_fields__) if refine else set()
         unknown = sorted(set(options) - own - cd_keys)
         if unknown:
             raise ValueError(f"unknown option(s) {unknown}; known: {sorted(own | cd_keys)}")
         cd_options = {"steps": REFINE_STEPS} | {k: v for k, v in options.items() if k in cd_keys}
         mine = {k: v for k, v in options.items() if k in own}
+        if "memory" in mine:
+            mine["memory"] = _memory_option(mine["memory"])
         return cls(refine=CDConfig.from_dict(cd_options), **mine)
+
+
+def _memory_option(value: Any) -> MemoryConfig | None:
+    """``memory: false`` -> None, ``true`` -> the defaults, a mapping -> those MemoryConfig fields."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return MemoryConfig()
+    if isinstance(value, MemoryConfig):
+        return value
+    if isinstance(value, dict):
+        return MemoryConfig.from_dict(value)
+    raise ValueError(f"option memory: expected true, false or a mapping of memory fields, got {value!r}")
 
 
 def default_checkpoint(base: BaseModel) -> Path | None:
@@ -180,6 +199,9 @@ class HypernetGenerator:
 
     Documents longer than the network's chunk size are cut into chunks; each chunk's LoRA is
     concatenated along rank and the bias LoRA added once (rank ``chunks * r + bias rank``, scaling 1).
+    With ``cfg.memory`` (the default) the document's closed-form key-value memory (``hypernet.memory``)
+    is added to the generated update: the network gives what it learnt in general, the memory what
+    this document says (docs/eval-memory.md).
     """
 
     name = "hypernet"
@@ -188,6 +210,9 @@ class HypernetGenerator:
         self.base, self.net, self.cfg = base, net, cfg
         self.checkpoint_sha256 = checkpoint_sha
         self.encoder = FeatureEncoder(base, FeatureConfig(chunk_tokens=net.cfg.chunk_tokens, memory_bytes=0))
+        # The memory reads the document in the network's chunks, so max_chunks bounds both alike.
+        self.memory = replace(cfg.memory, chunk_tokens=net.cfg.chunk_tokens) if cfg.memory else None
+        self.memory_stats = key_statistics(base, self.memory) if self.memory else None
 
     def fingerprint(self) -> str:
         return fingerprint_of(self.name, self.base, self._config(), self.checkpoint_sha256)
@@ -196,7 +221,10 @@ class HypernetGenerator:
         return describe_generator(self.name, self.base, self._config(), self.checkpoint_sha256)
 
     def _config(self) -> dict[str, Any]:
-        return self.cfg.fingerprint_config(refine=False)
+        return self.cfg.fingerprint_config(refine=False) | self._memory_config()
+
+    def _memory_config(self) -> dict[str, Any]:
+        return {"memory": self.memory.to_dict()} if self.memory else {}
 
     def _features(self, text: str) -> tuple[list, dict[str, float], list[str]]:
         """The features of the document's chunks (at most ``max_chunks``), its metrics and notes."""
@@ -218,7 +246,13 @@ class HypernetGenerator:
     def generated(self, text: str) -> tuple[LoraWeights, dict[str, float], list[str]]:
         """The generated adapter (on the CPU), its metrics and notes."""
         features, metrics, notes = self._features(text)
-        return self.net.generate(features).detach(), metrics, notes
+        return self._with_memory(self.net.generate(features).detach(), text), metrics, notes
+
+    def _with_memory(self, weights: LoraWeights, text: str) -> LoraWeights:
+        if self.memory is None:
+            return weights
+        memory = memory_lora(self.base, text, self.memory, self.memory_stats, self.cfg.max_chunks)
+        return apply_together([weights, memory])
 
     def generated_many(self, texts: list[str]) -> list[tuple[LoraWeights, dict[str, float], list[str]]]:
         """``generated`` for several documents, through one batched pass of the hypernetwork (the base
@@ -236,7 +270,7 @@ class HypernetGenerator:
             for layer, path in enumerate(self.net.cfg.module_paths):
                 As[path] = torch.cat([A[i, layer, :rank], bias_A[layer]], dim=0)
                 Bs[path] = torch.cat([B[i, layer, :, :rank], bias_B[layer]], dim=1)
-            out.append((LoraWeights(As, Bs, 1.0), metrics, notes))
+            out.append((self._with_memory(LoraWeights(As, Bs, 1.0), texts[i]), metrics, notes))
         return out
 
     def generate(self, text: str, progress: Progress | None = None) -> GeneratedAdapter:
@@ -258,7 +292,7 @@ class HypernetCDGenerator(HypernetGenerator):
     name = "hypernet+cd"
 
     def _config(self) -> dict[str, Any]:
-        return self.cfg.fingerprint_config(refine=True)
+        return self.cfg.fingerprint_config(refine=True) | self._memory_config()
 
     def generate(self, text: str, progress: Progress | None = None) -> GeneratedAdapter:
         start = time.perf_counter()
@@ -307,6 +341,38 @@ def _hypernet_builder(name: str, cls: type[HypernetGenerator]) -> GeneratorBuild
         return cls(base, net, sha, cfg)
 
     return build
+
+
+class MemoryGenerator:
+    """The document's key-value memory alone (``hypernet.memory``): one read of the document, no network.
+
+    Building it reads a few thousand tokens of general text once (the memory's key statistics)."""
+
+    name = "memory"
+
+    def __init__(self, base: BaseModel, cfg: MemoryConfig) -> None:
+        self.base, self.cfg = base, cfg
+        self.stats = key_statistics(base, cfg)
+
+    def fingerprint(self) -> str:
+        return fingerprint_of(self.name, self.base, self.cfg.to_dict())
+
+    def describe(self) -> dict[str, Any]:
+        return describe_generator(self.name, self.base, self.cfg.to_dict())
+
+    def generate(self, text: str, progress: Progress | None = None) -> GeneratedAdapter:
+        if not text.strip():
+            raise HypernetInputError("document is empty: the memory has nothing to read")
+        start = time.perf_counter()
+        weights = memory_lora(self.base, text, self.cfg, self.stats)
+        return GeneratedAdapter(weights, time.perf_counter() - start, {"rank": float(weights.rank)})
+
+
+def _build_memory(base: BaseModel, options: dict[str, Any]) -> Generator:
+    try:
+        return MemoryGenerator(base, MemoryConfig.from_dict(options))
+    except (TypeError, ValueError) as exc:
+        raise GeneratorError(f"generator 'memory': {exc}") from exc
 
 
 class T2LGenerator:
@@ -365,6 +431,7 @@ def _build_t2l(base: BaseModel, options: dict[str, Any]) -> Generator:
 
 _BUILDERS: dict[str, GeneratorBuilder] = {
     "cd": _build_cd,
+    "memory": _build_memory,
     "t2l": _build_t2l,
     "hypernet": _hypernet_builder("hypernet", HypernetGenerator),
     "hypernet+cd": _hypernet_builder("hypernet+cd", HypernetCDGenerator),

@@ -26,6 +26,7 @@ from hypernet.tiny import make_tiny_model
 from tests.fixtures.hypernet import TINY_NET, train_tiny_checkpoint
 
 NET = TINY_NET
+NETWORK_ONLY = {"memory": False}  # the network's own adapter, without the document's memory
 DOC = (
     "The river town of Alder Bay was founded in 1821 by fishermen from the northern coast. "
     "Engineers built a new bridge across the river in 1998, and it is 240 metres long."
@@ -48,7 +49,7 @@ def _logits(model, weights, ids):
 def test_hypernet_generator_exports_an_adapter_peft_loads_with_equal_logits(
     tiny_base, tiny_model_dir: Path, checkpoint: Path, tmp_path: Path
 ) -> None:
-    gen = make_generator("hypernet", tiny_base, {"checkpoint": str(checkpoint)})
+    gen = make_generator("hypernet", tiny_base, {"checkpoint": str(checkpoint)} | NETWORK_ONLY)
     assert isinstance(gen, HypernetGenerator) and gen.name == "hypernet"
     out = gen.generate(DOC)
     chunks = int(out.metrics["chunks"])
@@ -67,7 +68,7 @@ def test_hypernet_generator_exports_an_adapter_peft_loads_with_equal_logits(
 
 
 def test_generated_adapter_depends_on_the_document(tiny_base, checkpoint: Path) -> None:
-    gen = make_generator("hypernet", tiny_base, {"checkpoint": str(checkpoint)})
+    gen = make_generator("hypernet", tiny_base, {"checkpoint": str(checkpoint)} | NETWORK_ONLY)
     a = gen.generate("Mara Quill was born in 1954 and lives by the sea with two cats.").weights
     b = gen.generate("The company builds pumps, valves and water filters in the capital.").weights
     path = a.modules[0]
@@ -77,7 +78,7 @@ def test_generated_adapter_depends_on_the_document(tiny_base, checkpoint: Path) 
 
 
 def test_long_documents_are_cut_at_max_chunks_with_a_note(tiny_base, checkpoint: Path) -> None:
-    gen = make_generator("hypernet", tiny_base, {"checkpoint": str(checkpoint), "max_chunks": 2})
+    gen = make_generator("hypernet", tiny_base, {"checkpoint": str(checkpoint), "max_chunks": 2} | NETWORK_ONLY)
     out = gen.generate(DOC * 4)
     assert out.metrics["chunks"] == 2.0 and out.weights.rank == 2 * NET["rank"] + NET["bias_rank"]
     assert out.notes and "first 2 chunks" in out.notes[0]
@@ -96,6 +97,26 @@ def test_a_batch_through_the_hypernetwork_equals_one_by_one(tiny_base, checkpoin
             torch.testing.assert_close(many.weights.A[path], one.weights.A[path], atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(many.weights.B[path], one.weights.B[path], atol=1e-5, rtol=1e-4)
     assert make_generator("hypernet+cd", tiny_base, {"checkpoint": str(checkpoint)}).generate_many is None
+
+
+def test_memory_adds_the_documents_closed_form_update_to_the_networks(tiny_base, checkpoint: Path) -> None:
+    """With the memory on (the default) the adapter is the network's update plus the document's memory
+    (``hypernet.memory``, read in the network's chunks); the option is part of the fingerprint."""
+    opts = {"checkpoint": str(checkpoint)}
+    both = make_generator("hypernet", tiny_base, opts)
+    network = make_generator("hypernet", tiny_base, opts | NETWORK_ONLY)
+    memory = make_generator("memory", tiny_base, {"chunk_tokens": NET["chunk_tokens"]})
+    combined, alone, mem = (g.generate(DOC).weights for g in (both, network, memory))
+    assert set(mem.modules) < set(combined.modules) == set(alone.modules)
+    for path in combined.modules:
+        expected = alone.delta(path) + (mem.delta(path) if path in mem.A else 0)
+        torch.testing.assert_close(combined.delta(path), expected, atol=1e-5, rtol=1e-4)
+    assert both.fingerprint() != network.fingerprint()
+    assert make_generator("hypernet", tiny_base, opts | {"memory": {"scale": 0.2}}).fingerprint() not in {
+        both.fingerprint(), network.fingerprint()
+    }
+    with pytest.raises(GeneratorError, match=r"unknown memory option\(s\) \['depth'\]"):
+        make_generator("hypernet", tiny_base, opts | {"memory": {"depth": 3}})
 
 
 def test_empty_document_is_refused_by_name(tiny_base, checkpoint: Path) -> None:

@@ -1,0 +1,207 @@
+"""A document's key-value memory as a LoRA, in closed form: one read of the document, no training.
+
+The base model reads the document (as the hypernetwork's encoder does: each chunk a chat user turn).
+At every content position ``t`` of layers ``cfg.layers`` the input of ``mlp.down_proj`` is a *key*
+``k_t``; the *value* is the direction that raises the logit of the document's next token ``y_{t+1}``
+through the final norm (``g ⊙ W_U[y]``, unit length, scaled by ``cfg.scale`` times the layer's mean
+residual norm). The update of ``down_proj`` is the ridge solution of MEMIT's batch edit (Meng et al.,
+2023):
+
+    ΔWᵀ = (KᵀK + λ·n·C)⁻¹ Kᵀ V
+
+where ``C`` is the second moment of the same keys on general text (``key_statistics``): the update maps
+the document's keys to its values while staying small on keys that ordinary text produces, which is
+what keeps the adapter from disturbing everything else. ``ΔW`` has rank at most ``n`` (the document's
+tokens) and is truncated by SVD to ``cfg.rank`` per chunk.
+
+Why it helps: after reading a sentence the model sees the same local context again when a question
+quotes it, and the memory adds the document's continuation there. It is document-specific by
+construction (another document's memory holds other continuations), which the trained hypernetwork is
+not yet on real text (docs/hypernet-smollm2.md). It knows nothing of questions: the first token of an
+answer, predicted after the assistant header, is rarely a stored context. The measured gains and the
+choice of defaults are in docs/eval-memory.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import Tensor
+
+from hypernet.base_model import BaseModel, chat_ids
+from hypernet.lora import LoraWeights, target_linears
+
+TARGET = "down_proj"
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """Which layers hold the memory and how strongly (defaults: docs/eval-memory.md)."""
+
+    layers: tuple[int, ...] | None = None  # None: every second layer from 2/3 of the depth (memory_layers)
+    ridge: float = 10.0  # λ: weight of general-text keys against the document's, per document key
+    scale: float = 0.08  # value length as a fraction of the layer's mean residual norm
+    rank: int = 32  # per chunk of the document
+    chunk_tokens: int = 256
+    general_tokens: int = 6000  # tokens of general text behind C
+
+    def __post_init__(self) -> None:
+        checks = {
+            "layers": self.layers is None or (bool(self.layers) and min(self.layers) >= 0),
+            "ridge": self.ridge > 0,
+            "scale": self.scale >= 0,
+            "rank": self.rank >= 1,
+            "chunk_tokens": self.chunk_tokens >= 16,
+            "general_tokens": self.general_tokens >= 256,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"MemoryConfig: invalid value for {', '.join(bad)}: {self}")
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"layers": None if self.layers is None else list(self.layers)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MemoryConfig:
+        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"unknown memory option(s) {unknown}; known: {sorted(cls.__dataclass_fields__)}")
+        data = dict(data)
+        if data.get("layers") is not None:
+            data["layers"] = tuple(int(x) for x in data["layers"])
+        return cls(**data)
+
+
+def memory_layers(n_layers: int, layers: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """``layers`` as given, or by default every second layer from 2/3 of the depth to the second-to-last
+    (SmolLM2-135M: 20, 22, 24, 26, 28; measured against the last layers alone and a deeper range in
+    docs/eval-memory.md): late enough that keys carry the next-token context, early enough that the
+    layers after them still turn the stored direction into the token."""
+    if layers is not None:
+        return tuple(layers)
+    return tuple(range(round(n_layers * 2 / 3), n_layers - 1, 2)) or (n_layers - 1,)
+
+
+def _paths(base: BaseModel, layers: tuple[int, ...] | None) -> list[str]:
+    """Module paths of ``down_proj`` at the memory layers (in layer order); a missing layer is an error."""
+    by_layer = {int(p.split(".")[-3]): p for p in target_linears(base.model, TARGET)}
+    layers = memory_layers(len(by_layer), layers)
+    missing = [layer for layer in layers if layer not in by_layer]
+    if missing:
+        raise ValueError(f"memory layers {missing} do not exist: the model has {len(by_layer)} layers")
+    return [by_layer[layer] for layer in layers]
+
+
+@torch.no_grad()
+def _read(base: BaseModel, ids: list[int], paths: list[str]) -> tuple[dict[str, Tensor], dict[str, float]]:
+    """``down_proj`` inputs ``[T, d_in]`` at ``paths`` and each layer's mean output residual norm."""
+    modules = dict(base.model.named_modules())
+    keys: dict[str, Tensor] = {}
+    hooks = [
+        modules[p].register_forward_hook(lambda m, i, o, p=p: keys.__setitem__(p, i[0][0].float()))
+        for p in paths
+    ]
+    try:
+        out = base.model(input_ids=torch.tensor([ids], device=base.device), output_hidden_states=True,
+                         use_cache=False)  # fmt: skip
+    finally:
+        for h in hooks:
+            h.remove()
+    norms = {p: out.hidden_states[int(p.split(".")[-3]) + 1][0].norm(dim=-1).mean().item() for p in paths}
+    return keys, norms
+
+
+def key_statistics(base: BaseModel, cfg: MemoryConfig) -> dict[str, Tensor]:
+    """``C`` per memory layer: the uncentred second moment of ``down_proj``'s inputs on general text.
+
+    The text is the packaged Python-documentation corpus (``hypernet.corpus``, PSF licence), read as
+    chat user turns like documents; the QA gates' general-text set is not used, so the regression gate
+    still measures text the memory never saw. Computed once per process and configuration.
+    """
+    key = (base.weights_sha256, cfg.layers, cfg.chunk_tokens, cfg.general_tokens)
+    if key not in _STATISTICS:
+        _STATISTICS.clear()  # one base model per process in practice: keep memory bounded
+        _STATISTICS[key] = _statistics(base, cfg)
+    return _STATISTICS[key]
+
+
+_STATISTICS: dict[tuple, dict[str, Tensor]] = {}
+
+
+def _statistics(base: BaseModel, cfg: MemoryConfig) -> dict[str, Tensor]:
+    from hypernet.corpus import load_corpus
+
+    paths = _paths(base, cfg.layers)
+    sums: dict[str, Tensor] = {}
+    seen = 0
+    for doc in load_corpus():
+        ids = chat_ids(base.tokenizer, doc.text)[0][: cfg.chunk_tokens]
+        keys, _ = _read(base, ids, paths)
+        for p in paths:
+            sums[p] = sums.get(p, 0) + keys[p].T @ keys[p]
+        seen += len(ids)
+        if seen >= cfg.general_tokens:
+            break
+    return {p: (s / seen).cpu() for p, s in sums.items()}
+
+
+def chunks_to_read(tokenizer, text: str, chunk_tokens: int) -> list[tuple[list[int], Tensor]]:
+    """Per chunk: its chat-wrapped token ids and the positions whose next token is document content."""
+    frame = chat_ids(tokenizer, "")[0]  # header + footer: chat_ids encodes the three parts separately
+    probe = chat_ids(tokenizer, "x")[0]
+    head = next(i for i, (a, b) in enumerate(zip(probe, frame + [-1], strict=False)) if a != b)
+    content = tokenizer(text, add_special_tokens=False)["input_ids"]
+    out = []
+    for i in range(0, len(content), chunk_tokens):
+        ids = chat_ids(tokenizer, tokenizer.decode(content[i : i + chunk_tokens]))[0]
+        n = len(ids) - len(frame)  # content tokens as re-encoded
+        out.append((ids, torch.arange(head - 1, head - 1 + n)))
+    return out
+
+
+@torch.no_grad()
+def memory_lora(
+    base: BaseModel, text: str, cfg: MemoryConfig, stats: dict[str, Tensor], max_chunks: int | None = None
+) -> LoraWeights:
+    """The document's memory on ``down_proj`` at the memory layers: rank ``cfg.rank`` per chunk read
+    (the first ``max_chunks`` chunks when given). Raises ValueError when the document has no tokens."""
+    chunks = chunks_to_read(base.tokenizer, text, cfg.chunk_tokens)[:max_chunks]
+    if not chunks:
+        raise ValueError("document is empty: the memory has nothing to read")
+    paths = _paths(base, cfg.layers)
+    keys: dict[str, list[Tensor]] = {p: [] for p in paths}
+    norms: dict[str, list[float]] = {p: [] for p in paths}
+    targets = []
+    for ids, pos in chunks:
+        read, norm = _read(base, ids, paths)
+        for p in paths:
+            keys[p].append(read[p][pos])
+            norms[p].append(norm[p])
+        targets.append(torch.tensor(ids, device=base.device)[pos + 1])
+    direction = _value_directions(base, torch.cat(targets))  # [n, d_out], unit rows
+    rank = min(cfg.rank * len(chunks), direction.shape[0])
+    A, B = {}, {}
+    for p in paths:
+        K = torch.cat(keys[p])  # [n, d_in]
+        V = direction * (cfg.scale * sum(norms[p]) / len(norms[p]))
+        B[p], A[p] = _ridge_factors(K, V, stats[p].to(K.device), cfg.ridge, rank)
+    return LoraWeights(A, B, 1.0).detach()
+
+
+def _value_directions(base: BaseModel, next_tokens: Tensor) -> Tensor:
+    """Unit residual directions raising each token's logit through the final norm's gain."""
+    unembed = base.model.get_output_embeddings().weight
+    gain = base.model.get_decoder().norm.weight
+    v = unembed[next_tokens].float() * gain.float()
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+
+
+def _ridge_factors(K: Tensor, V: Tensor, C: Tensor, ridge: float, rank: int) -> tuple[Tensor, Tensor]:
+    """B ``[d_out, r]`` and A ``[r, d_in]`` with B @ A the rank-r truncation of Vᵀ K (KᵀK + λnC)⁻¹."""
+    n = K.shape[0]
+    M = K.T @ K + ridge * n * C
+    M.diagonal().add_(1e-6 * M.diagonal().mean())  # C from a few thousand tokens may be near-singular
+    X = torch.linalg.solve(M, K.T @ V)  # ΔWᵀ: [d_in, d_out]
+    U, S, Vh = torch.linalg.svd(X.T, full_matrices=False)
+    return U[:, :rank] * S[:rank], Vh[:rank]

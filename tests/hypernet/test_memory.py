@@ -1,0 +1,85 @@
+"""The closed-form key-value memory (hypernet.memory) and the `memory` generator, on the tiny Llama."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hypernet.generators import GeneratorError, HypernetInputError, MemoryGenerator, make_generator
+from hypernet.memory import (
+    MemoryConfig,
+    chunks_to_read,
+    key_statistics,
+    memory_layers,
+    memory_lora,
+)
+from hypernet.metrics import text_nll
+
+DOC = (
+    "The river town of Alder Bay was founded in 1821 by fishermen from the northern coast. "
+    "Engineers built a new bridge across the river in 1998, and it is 240 metres long."
+)
+OTHER = "Mara Quill keeps bees on the hill behind the mill, and sells the honey at the market on Fridays."
+# Strong and little regularised, so that a 2-layer random model shows the effect plainly.
+STRONG = MemoryConfig(layers=(1,), ridge=0.01, scale=2.0, rank=64, chunk_tokens=64, general_tokens=256)
+
+
+def test_default_layers_are_every_second_from_two_thirds_of_the_depth() -> None:
+    assert memory_layers(30) == (20, 22, 24, 26, 28)
+    assert memory_layers(2) == (1,)
+    assert memory_layers(30, (3, 5)) == (3, 5)
+
+
+def test_positions_point_at_the_tokens_before_each_content_token(tiny_base) -> None:
+    tok = tiny_base.tokenizer
+    chunks = chunks_to_read(tok, DOC, 16)
+    content = tok(DOC, add_special_tokens=False)["input_ids"]
+    assert len(chunks) == -(-len(content) // 16)
+    ids, pos = chunks[0]
+    expected = tok(tok.decode(content[:16]), add_special_tokens=False)["input_ids"]
+    assert [ids[p + 1] for p in pos.tolist()] == expected
+
+
+def test_the_memory_makes_its_own_document_likelier_than_another(tiny_base) -> None:
+    """Keys of the document map to its next tokens: re-reading it gets cheaper, other text far less."""
+    stats = key_statistics(tiny_base, STRONG)
+    weights = memory_lora(tiny_base, DOC, STRONG, stats)
+    assert weights.modules == ["model.layers.1.mlp.down_proj"] and weights.scaling == 1.0
+    gain_own = text_nll(tiny_base, [DOC], None) - text_nll(tiny_base, [DOC], weights)
+    gain_other = text_nll(tiny_base, [OTHER], None) - text_nll(tiny_base, [OTHER], weights)
+    assert gain_own > 0.05 and gain_own > 3 * gain_other
+
+
+def test_rank_is_per_chunk_and_bounded_by_the_tokens_read(tiny_base) -> None:
+    cfg = MemoryConfig(layers=(0, 1), rank=4, chunk_tokens=16, general_tokens=256)
+    stats = key_statistics(tiny_base, cfg)
+    chunks = len(chunks_to_read(tiny_base.tokenizer, DOC, 16))
+    assert memory_lora(tiny_base, DOC, cfg, stats).rank == 4 * chunks
+    assert memory_lora(tiny_base, DOC, cfg, stats, max_chunks=2).rank == 8
+    wide = MemoryConfig(layers=(1,), rank=500, chunk_tokens=16, general_tokens=256)
+    assert memory_lora(tiny_base, "Alder Bay", wide, key_statistics(tiny_base, wide)).rank <= 4
+
+
+def test_memory_generator_names_itself_by_its_config_and_refuses_bad_input(tiny_base) -> None:
+    gen = make_generator("memory", tiny_base, {"layers": [1], "general_tokens": 256})
+    assert isinstance(gen, MemoryGenerator) and gen.name == "memory"
+    out = gen.generate(DOC)
+    assert out.seconds > 0 and out.weights.target_names == ["down_proj"]
+    other = make_generator("memory", tiny_base, {"layers": [1], "general_tokens": 256, "scale": 0.5})
+    assert gen.describe()["fingerprint"] == gen.fingerprint() != other.fingerprint()
+    with pytest.raises(HypernetInputError, match="document is empty"):
+        gen.generate(" \n")
+    with pytest.raises(GeneratorError, match=r"generator 'memory': unknown memory option\(s\) \['steps'\]"):
+        make_generator("memory", tiny_base, {"steps": 3})
+    with pytest.raises(GeneratorError, match=r"memory layers \[7\] do not exist: the model has 2 layers"):
+        make_generator("memory", tiny_base, {"layers": [7]})
+    with pytest.raises(GeneratorError, match="invalid value for ridge"):
+        make_generator("memory", tiny_base, {"ridge": 0})
+
+
+def test_statistics_are_computed_once_per_configuration(tiny_base) -> None:
+    cfg = MemoryConfig(layers=(1,), general_tokens=256)
+    first = key_statistics(tiny_base, cfg)
+    assert key_statistics(tiny_base, cfg) is first
+    (C,) = first.values()
+    assert C.shape == (128, 128) and torch.allclose(C, C.T) and torch.linalg.eigvalsh(C).min() > -1e-5
