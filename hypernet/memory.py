@@ -113,7 +113,8 @@ def _read(base: BaseModel, ids: list[int], paths: list[str]) -> tuple[dict[str, 
 
 
 def key_statistics(base: BaseModel, cfg: MemoryConfig) -> dict[str, Tensor]:
-    """``C`` per memory layer: the uncentred second moment of ``down_proj``'s inputs on general text.
+    """``C⁻¹`` per memory layer, ``C`` the uncentred second moment of ``down_proj``'s inputs on general
+    text (with a jitter of 1e-6 of its mean diagonal).
 
     The text is the packaged Python-documentation corpus (``hypernet.corpus``, PSF licence), read as
     chat user turns like documents; the QA gates' general-text set is not used, so the regression gate
@@ -143,7 +144,12 @@ def _statistics(base: BaseModel, cfg: MemoryConfig) -> dict[str, Tensor]:
         seen += len(ids)
         if seen >= cfg.general_tokens:
             break
-    return {p: (s / seen).cpu() for p, s in sums.items()}
+    out = {}
+    for p, total in sums.items():
+        C = (total / seen).double()
+        C.diagonal().add_(1e-6 * C.diagonal().mean())  # a few thousand tokens may leave C near-singular
+        out[p] = torch.linalg.inv(C).float().cpu()
+    return out
 
 
 def chunks_to_read(tokenizer, text: str, chunk_tokens: int) -> list[tuple[list[int], Tensor]]:
@@ -185,7 +191,7 @@ def memory_lora(
     for p in paths:
         K = torch.cat(keys[p])  # [n, d_in]
         V = direction * (cfg.scale * sum(norms[p]) / len(norms[p]))
-        B[p], A[p] = _ridge_factors(K, V, stats[p].to(K.device), cfg.ridge, rank)
+        B[p], A[p] = ridge_factors(K, V, stats[p].to(K.device), cfg.ridge, rank)
     return LoraWeights(A, B, 1.0).detach()
 
 
@@ -197,11 +203,17 @@ def _value_directions(base: BaseModel, next_tokens: Tensor) -> Tensor:
     return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-6)
 
 
-def _ridge_factors(K: Tensor, V: Tensor, C: Tensor, ridge: float, rank: int) -> tuple[Tensor, Tensor]:
-    """B ``[d_out, r]`` and A ``[r, d_in]`` with B @ A the rank-r truncation of Vᵀ K (KᵀK + λnC)⁻¹."""
+def ridge_factors(K: Tensor, V: Tensor, C_inv: Tensor, ridge: float, rank: int) -> tuple[Tensor, Tensor]:
+    """B ``[d_out, r]`` and A ``[r, d_in]``: the rank-r truncation of ΔW = Vᵀ K (KᵀK + λnC)⁻¹.
+
+    Solved in the document's n dimensions rather than the keys' d (push-through identity):
+    ΔW = Yᵀ P with P = K C⁻¹ and Y = (λn I + P Kᵀ)⁻¹ V, then the SVD of the small factor Yᵀ Rᵀ where
+    Pᵀ = Q R. About n·d² work instead of d³ (docs/eval-memory.md has the timings)."""
     n = K.shape[0]
-    M = K.T @ K + ridge * n * C
-    M.diagonal().add_(1e-6 * M.diagonal().mean())  # C from a few thousand tokens may be near-singular
-    X = torch.linalg.solve(M, K.T @ V)  # ΔWᵀ: [d_in, d_out]
-    U, S, Vh = torch.linalg.svd(X.T, full_matrices=False)
-    return U[:, :rank] * S[:rank], Vh[:rank]
+    P = K @ C_inv  # [n, d_in]
+    G = P @ K.T
+    G.diagonal().add_(ridge * n)
+    Y = torch.linalg.solve(G, V)  # [n, d_out]
+    Q, R = torch.linalg.qr(P.T)  # [d_in, n], [n, n]
+    U, S, Wh = torch.linalg.svd(Y.T @ R.T, full_matrices=False)
+    return U[:, :rank] * S[:rank], Wh[:rank] @ Q.T

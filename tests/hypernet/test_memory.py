@@ -12,6 +12,7 @@ from hypernet.memory import (
     key_statistics,
     memory_layers,
     memory_lora,
+    ridge_factors,
 )
 from hypernet.metrics import text_nll
 
@@ -81,5 +82,19 @@ def test_statistics_are_computed_once_per_configuration(tiny_base) -> None:
     cfg = MemoryConfig(layers=(1,), general_tokens=256)
     first = key_statistics(tiny_base, cfg)
     assert key_statistics(tiny_base, cfg) is first
-    (C,) = first.values()
-    assert C.shape == (128, 128) and torch.allclose(C, C.T) and torch.linalg.eigvalsh(C).min() > -1e-5
+    (C_inv,) = first.values()
+    assert C_inv.shape == (128, 128) and torch.linalg.eigvalsh(C_inv.double()).min() > 0
+
+
+def test_the_low_rank_solve_equals_the_direct_ridge_solution() -> None:
+    """The n-dimensional solve (push-through identity, QR, small SVD) gives MEMIT's d-dimensional one."""
+    g = torch.Generator().manual_seed(0)
+    K, V = torch.randn(20, 48, generator=g), torch.randn(20, 12, generator=g)
+    X = torch.randn(200, 48, generator=g)
+    C = X.T @ X / 200
+    direct = V.T @ K @ torch.linalg.inv(K.T @ K + 0.5 * 20 * C)  # [d_out, d_in]
+    B, A = ridge_factors(K, V, torch.linalg.inv(C), ridge=0.5, rank=20)
+    torch.testing.assert_close(B @ A, direct, atol=1e-4, rtol=1e-3)
+    B4, A4 = ridge_factors(K, V, torch.linalg.inv(C), ridge=0.5, rank=4)
+    S = torch.linalg.svdvals(direct)
+    assert torch.linalg.matrix_norm(B4 @ A4 - direct, ord=2) == pytest.approx(S[4].item(), rel=1e-3)
