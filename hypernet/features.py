@@ -49,11 +49,7 @@ class FeatureEncoder:
 
     def chunk_ids(self, text: str) -> list[list[int]]:
         """Token ids of each chunk, wrapped as a chat user turn."""
-        tok = self.base.tokenizer
-        content = tok(text, add_special_tokens=False)["input_ids"]
-        size = self.cfg.chunk_tokens
-        pieces = [content[i : i + size] for i in range(0, max(len(content), 1), size)]
-        return [chat_ids(tok, tok.decode(piece))[0] for piece in pieces]
+        return chat_chunks(self.base.tokenizer, text, self.cfg.chunk_tokens)
 
     def encode(self, text: str) -> list[Tensor]:
         """Features of every chunk of ``text``: a list of ``[L, T_chunk, H]`` fp16 tensors."""
@@ -103,6 +99,14 @@ class FeatureEncoder:
         tmp = path.with_suffix(".tmp")
         save_file({f"chunk{i}": c.contiguous() for i, c in enumerate(chunks)}, str(tmp))
         tmp.replace(path)
+
+
+def chat_chunks(tokenizer, text: str, chunk_tokens: int) -> list[list[int]]:
+    """``text`` cut into chunks of ``chunk_tokens`` content tokens, each wrapped as a chat user turn; an
+    empty text gives one empty turn."""
+    content = tokenizer(text, add_special_tokens=False)["input_ids"]
+    pieces = [content[i : i + chunk_tokens] for i in range(0, max(len(content), 1), chunk_tokens)]
+    return [chat_ids(tokenizer, tokenizer.decode(piece))[0] for piece in pieces]
 
 
 def pad_features(features: list[Tensor]) -> tuple[Tensor, Tensor]:

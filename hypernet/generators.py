@@ -25,7 +25,14 @@ from hypernet.cd import distill
 from hypernet.config import CDConfig
 from hypernet.features import FeatureConfig, FeatureEncoder
 from hypernet.lora import LoraWeights, apply_together
-from hypernet.memory import MemoryConfig, key_statistics, memory_lora
+from hypernet.memory import (
+    MemoryConfig,
+    key_statistics,
+    memory_from_reads,
+    memory_lora,
+    memory_paths,
+    recording,
+)
 from hypernet.model import WEIGHTS_FILE, CheckpointError, Hypernet, checkpoint_sha256, load_hypernet
 from hypernet.t2l import WEIGHTS_FILE as T2L_WEIGHTS
 from hypernet.t2l import T2LError, T2LHypernet, describe_to_lora, load_t2l, shipped_checkpoint
@@ -226,8 +233,9 @@ class HypernetGenerator:
     def _memory_config(self) -> dict[str, Any]:
         return {"memory": self.memory.to_dict()} if self.memory else {}
 
-    def _features(self, text: str) -> tuple[list, dict[str, float], list[str]]:
-        """The features of the document's chunks (at most ``max_chunks``), its metrics and notes."""
+    def _features(self, text: str) -> tuple[list, LoraWeights | None, dict[str, float], list[str]]:
+        """The features of the document's chunks (at most ``max_chunks``), the document's memory (read
+        from the same pass; None when off), its metrics and notes."""
         chunks = self.encoder.chunk_ids(text)
         if not text.strip():
             raise HypernetInputError("document is empty: the hypernetwork has nothing to read")
@@ -239,20 +247,19 @@ class HypernetGenerator:
                 f"({self.cfg.max_chunks * size} tokens) of {len(chunks)}"
             )
             chunks = chunks[: self.cfg.max_chunks]
-        features = [self.encoder.encode_ids(ids) for ids in chunks]
+        if self.memory is None:
+            features, memory = [self.encoder.encode_ids(ids) for ids in chunks], None
+        else:
+            with recording(self.base, memory_paths(self.base, self.memory.layers)) as reads:
+                features = [self.encoder.encode_ids(ids) for ids in chunks]
+            memory = memory_from_reads(self.base, chunks, reads, self.memory, self.memory_stats)
         metrics = {"chunks": float(len(chunks)), "doc_tokens": float(sum(f.shape[1] for f in features))}
-        return features, metrics, notes
+        return features, memory, metrics, notes
 
     def generated(self, text: str) -> tuple[LoraWeights, dict[str, float], list[str]]:
         """The generated adapter (on the CPU), its metrics and notes."""
-        features, metrics, notes = self._features(text)
-        return self._with_memory(self.net.generate(features).detach(), text), metrics, notes
-
-    def _with_memory(self, weights: LoraWeights, text: str) -> LoraWeights:
-        if self.memory is None:
-            return weights
-        memory = memory_lora(self.base, text, self.memory, self.memory_stats, self.cfg.max_chunks)
-        return apply_together([weights, memory])
+        features, memory, metrics, notes = self._features(text)
+        return _with_memory(self.net.generate(features).detach(), memory), metrics, notes
 
     def generated_many(self, texts: list[str]) -> list[tuple[LoraWeights, dict[str, float], list[str]]]:
         """``generated`` for several documents, through one batched pass of the hypernetwork (the base
@@ -261,16 +268,16 @@ class HypernetGenerator:
 
         prepared = [self._features(text) for text in texts]
         with torch.no_grad():
-            A, B = self.net.document_factors([features for features, _, _ in prepared])
+            A, B = self.net.document_factors([features for features, _, _, _ in prepared])
             bias_A, bias_B = self.net.bias_factors()
         out = []
-        for i, (features, metrics, notes) in enumerate(prepared):
+        for i, (features, memory, metrics, notes) in enumerate(prepared):
             rank = len(features) * self.net.cfg.rank  # this document's chunks; the rest is padding
             As, Bs = {}, {}
             for layer, path in enumerate(self.net.cfg.module_paths):
                 As[path] = torch.cat([A[i, layer, :rank], bias_A[layer]], dim=0)
                 Bs[path] = torch.cat([B[i, layer, :, :rank], bias_B[layer]], dim=1)
-            out.append((self._with_memory(LoraWeights(As, Bs, 1.0), texts[i]), metrics, notes))
+            out.append((_with_memory(LoraWeights(As, Bs, 1.0), memory), metrics, notes))
         return out
 
     def generate(self, text: str, progress: Progress | None = None) -> GeneratedAdapter:
@@ -284,6 +291,11 @@ class HypernetGenerator:
         made = self.generated_many(texts)
         share = (time.perf_counter() - start) / max(len(texts), 1)
         return [GeneratedAdapter(weights, share, metrics, notes) for weights, metrics, notes in made]
+
+
+def _with_memory(weights: LoraWeights, memory: LoraWeights | None) -> LoraWeights:
+    """The network's adapter plus the document's memory (modules of either; rank zero-padded)."""
+    return weights if memory is None else apply_together([weights, memory])
 
 
 class HypernetCDGenerator(HypernetGenerator):

@@ -24,12 +24,15 @@ choice of defaults are in docs/eval-memory.md.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
 
 from hypernet.base_model import BaseModel, chat_ids
+from hypernet.features import chat_chunks
 from hypernet.lora import LoraWeights, target_linears
 
 TARGET = "down_proj"
@@ -83,7 +86,7 @@ def memory_layers(n_layers: int, layers: tuple[int, ...] | None = None) -> tuple
     return tuple(range(round(n_layers * 2 / 3), n_layers - 1, 2)) or (n_layers - 1,)
 
 
-def _paths(base: BaseModel, layers: tuple[int, ...] | None) -> list[str]:
+def memory_paths(base: BaseModel, layers: tuple[int, ...] | None) -> list[str]:
     """Module paths of ``down_proj`` at the memory layers (in layer order); a missing layer is an error."""
     by_layer = {int(p.split(".")[-3]): p for p in target_linears(base.model, TARGET)}
     layers = memory_layers(len(by_layer), layers)
@@ -93,23 +96,44 @@ def _paths(base: BaseModel, layers: tuple[int, ...] | None) -> list[str]:
     return [by_layer[layer] for layer in layers]
 
 
-@torch.no_grad()
-def _read(base: BaseModel, ids: list[int], paths: list[str]) -> tuple[dict[str, Tensor], dict[str, float]]:
-    """``down_proj`` inputs ``[T, d_in]`` at ``paths`` and each layer's mean output residual norm."""
+@dataclass
+class Reads:
+    """What the memory keeps of each forward pass over a chunk: per memory layer, the ``down_proj``
+    inputs ``[T, d_in]`` of the first sequence and the mean norm of the layer's output residual."""
+
+    keys: dict[str, list[Tensor]]
+    norms: dict[str, list[float]]
+
+
+@contextmanager
+def recording(base: BaseModel, paths: list[str]) -> Iterator[Reads]:
+    """Record every forward pass of ``base.model`` inside the block (hooks; nothing else changes), so the
+    hypernetwork's feature pass can serve the memory too instead of a second read of the document."""
     modules = dict(base.model.named_modules())
-    keys: dict[str, Tensor] = {}
-    hooks = [
-        modules[p].register_forward_hook(lambda m, i, o, p=p: keys.__setitem__(p, i[0][0].float()))
-        for p in paths
-    ]
+    reads = Reads({p: [] for p in paths}, {p: [] for p in paths})
+
+    def keep_keys(p: str):
+        return lambda module, inputs, output: reads.keys[p].append(inputs[0][0].float())
+
+    def keep_norm(p: str):
+        def hook(module, inputs, output) -> None:
+            residual = output[0] if isinstance(output, tuple) else output
+            reads.norms[p].append(residual[0].float().norm(dim=-1).mean().item())
+
+        return hook
+
+    hooks = [modules[p].register_forward_hook(keep_keys(p)) for p in paths]
+    hooks += [modules[p.rsplit(".mlp.", 1)[0]].register_forward_hook(keep_norm(p)) for p in paths]
     try:
-        out = base.model(input_ids=torch.tensor([ids], device=base.device), output_hidden_states=True,
-                         use_cache=False)  # fmt: skip
+        yield reads
     finally:
         for h in hooks:
             h.remove()
-    norms = {p: out.hidden_states[int(p.split(".")[-3]) + 1][0].norm(dim=-1).mean().item() for p in paths}
-    return keys, norms
+
+
+@torch.no_grad()
+def _forward(base: BaseModel, ids: list[int]) -> None:
+    base.model(input_ids=torch.tensor([ids], device=base.device), use_cache=False)
 
 
 def key_statistics(base: BaseModel, cfg: MemoryConfig) -> dict[str, Tensor]:
@@ -133,14 +157,16 @@ _STATISTICS: dict[tuple, dict[str, Tensor]] = {}
 def _statistics(base: BaseModel, cfg: MemoryConfig) -> dict[str, Tensor]:
     from hypernet.corpus import load_corpus
 
-    paths = _paths(base, cfg.layers)
+    paths = memory_paths(base, cfg.layers)
     sums: dict[str, Tensor] = {}
     seen = 0
     for doc in load_corpus():
         ids = chat_ids(base.tokenizer, doc.text)[0][: cfg.chunk_tokens]
-        keys, _ = _read(base, ids, paths)
+        with recording(base, paths) as reads:
+            _forward(base, ids)
         for p in paths:
-            sums[p] = sums.get(p, 0) + keys[p].T @ keys[p]
+            (keys,) = reads.keys[p]
+            sums[p] = sums.get(p, 0) + keys.T @ keys
         seen += len(ids)
         if seen >= cfg.general_tokens:
             break
@@ -152,45 +178,43 @@ def _statistics(base: BaseModel, cfg: MemoryConfig) -> dict[str, Tensor]:
     return out
 
 
-def chunks_to_read(tokenizer, text: str, chunk_tokens: int) -> list[tuple[list[int], Tensor]]:
-    """Per chunk: its chat-wrapped token ids and the positions whose next token is document content."""
+def content_positions(tokenizer, ids: list[int]) -> Tensor:
+    """Positions of a chat-wrapped chunk (``chat_ids(tokenizer, text)[0]``) whose next token is content."""
     frame = chat_ids(tokenizer, "")[0]  # header + footer: chat_ids encodes the three parts separately
     probe = chat_ids(tokenizer, "x")[0]
     head = next(i for i, (a, b) in enumerate(zip(probe, frame + [-1], strict=False)) if a != b)
-    content = tokenizer(text, add_special_tokens=False)["input_ids"]
-    out = []
-    for i in range(0, len(content), chunk_tokens):
-        ids = chat_ids(tokenizer, tokenizer.decode(content[i : i + chunk_tokens]))[0]
-        n = len(ids) - len(frame)  # content tokens as re-encoded
-        out.append((ids, torch.arange(head - 1, head - 1 + n)))
-    return out
+    return torch.arange(head - 1, head - 1 + len(ids) - len(frame))
 
 
-@torch.no_grad()
 def memory_lora(
     base: BaseModel, text: str, cfg: MemoryConfig, stats: dict[str, Tensor], max_chunks: int | None = None
 ) -> LoraWeights:
     """The document's memory on ``down_proj`` at the memory layers: rank ``cfg.rank`` per chunk read
     (the first ``max_chunks`` chunks when given). Raises ValueError when the document has no tokens."""
-    chunks = chunks_to_read(base.tokenizer, text, cfg.chunk_tokens)[:max_chunks]
-    if not chunks:
+    chunks = chat_chunks(base.tokenizer, text, cfg.chunk_tokens)[:max_chunks]
+    if not text.strip():
         raise ValueError("document is empty: the memory has nothing to read")
-    paths = _paths(base, cfg.layers)
-    keys: dict[str, list[Tensor]] = {p: [] for p in paths}
-    norms: dict[str, list[float]] = {p: [] for p in paths}
-    targets = []
-    for ids, pos in chunks:
-        read, norm = _read(base, ids, paths)
-        for p in paths:
-            keys[p].append(read[p][pos])
-            norms[p].append(norm[p])
-        targets.append(torch.tensor(ids, device=base.device)[pos + 1])
-    direction = _value_directions(base, torch.cat(targets))  # [n, d_out], unit rows
+    with recording(base, memory_paths(base, cfg.layers)) as reads:
+        for ids in chunks:
+            _forward(base, ids)
+    return memory_from_reads(base, chunks, reads, cfg, stats)
+
+
+@torch.no_grad()
+def memory_from_reads(
+    base: BaseModel, chunks: list[list[int]], reads: Reads, cfg: MemoryConfig, stats: dict[str, Tensor]
+) -> LoraWeights:
+    """The memory of the chunks whose passes ``reads`` recorded (in order): rank ``cfg.rank`` per chunk."""
+    positions = [content_positions(base.tokenizer, ids) for ids in chunks]
+    targets = torch.cat([torch.tensor(ids)[pos + 1] for ids, pos in zip(chunks, positions, strict=True)])
+    direction = _value_directions(base, targets.to(base.device))  # [n, d_out], unit rows
     rank = min(cfg.rank * len(chunks), direction.shape[0])
     A, B = {}, {}
-    for p in paths:
-        K = torch.cat(keys[p])  # [n, d_in]
-        V = direction * (cfg.scale * sum(norms[p]) / len(norms[p]))
+    for p, passes in reads.keys.items():
+        if len(passes) != len(chunks):
+            raise ValueError(f"memory: {len(passes)} recorded passes for {len(chunks)} chunks")
+        K = torch.cat([keys[pos] for keys, pos in zip(passes, positions, strict=True)])  # [n, d_in]
+        V = direction * (cfg.scale * sum(reads.norms[p]) / len(reads.norms[p]))
         B[p], A[p] = ridge_factors(K, V, stats[p].to(K.device), cfg.ridge, rank)
     return LoraWeights(A, B, 1.0).detach()
 

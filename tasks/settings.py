@@ -165,7 +165,7 @@ class GeneratorConfig(_Strict):
     # The default is the fastest generator that passed the QA gates on >= 90% of held-out real documents
     # (docs/eval-real-default.md): the shipped hypernetwork's adapter refined by a few CD steps. A base
     # model without a shipped hypernetwork checkpoint needs `name: cd` (the error says so).
-    name: Literal["cd", "hypernet", "hypernet+cd", "t2l"] = "hypernet+cd"
+    name: Literal["cd", "hypernet", "hypernet+cd", "memory", "t2l"] = "hypernet+cd"
     base_model: str = DEFAULT_BASE_MODEL
     # Generator-specific knobs (steps, lr, rank, checkpoint, ...), passed to hypernet's factory as is.
     options: dict[str, Any] = Field(default_factory=dict)

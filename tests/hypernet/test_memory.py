@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from hypernet.features import chat_chunks
 from hypernet.generators import GeneratorError, HypernetInputError, MemoryGenerator, make_generator
 from hypernet.memory import (
     MemoryConfig,
-    chunks_to_read,
+    content_positions,
     key_statistics,
     memory_layers,
     memory_lora,
@@ -33,12 +34,12 @@ def test_default_layers_are_every_second_from_two_thirds_of_the_depth() -> None:
 
 def test_positions_point_at_the_tokens_before_each_content_token(tiny_base) -> None:
     tok = tiny_base.tokenizer
-    chunks = chunks_to_read(tok, DOC, 16)
+    chunks = chat_chunks(tok, DOC, 16)
     content = tok(DOC, add_special_tokens=False)["input_ids"]
     assert len(chunks) == -(-len(content) // 16)
-    ids, pos = chunks[0]
+    ids = chunks[0]
     expected = tok(tok.decode(content[:16]), add_special_tokens=False)["input_ids"]
-    assert [ids[p + 1] for p in pos.tolist()] == expected
+    assert [ids[p + 1] for p in content_positions(tok, ids).tolist()] == expected
 
 
 def test_the_memory_makes_its_own_document_likelier_than_another(tiny_base) -> None:
@@ -54,7 +55,7 @@ def test_the_memory_makes_its_own_document_likelier_than_another(tiny_base) -> N
 def test_rank_is_per_chunk_and_bounded_by_the_tokens_read(tiny_base) -> None:
     cfg = MemoryConfig(layers=(0, 1), rank=4, chunk_tokens=16, general_tokens=256)
     stats = key_statistics(tiny_base, cfg)
-    chunks = len(chunks_to_read(tiny_base.tokenizer, DOC, 16))
+    chunks = len(chat_chunks(tiny_base.tokenizer, DOC, 16))
     assert memory_lora(tiny_base, DOC, cfg, stats).rank == 4 * chunks
     assert memory_lora(tiny_base, DOC, cfg, stats, max_chunks=2).rank == 8
     wide = MemoryConfig(layers=(1,), rank=500, chunk_tokens=16, general_tokens=256)
