@@ -34,7 +34,7 @@ from hypernet import eval_real
 from hypernet.base_model import BaseModel
 from hypernet.corpus import corpus_document, load_corpus
 from hypernet.data import DataConfig, Document, make_split, student_prompt
-from hypernet.generators import HypernetGenerator, make_generator
+from hypernet.generators import D2L_GENERATORS, HypernetGenerator, make_generator
 from hypernet.lora import LoraWeights
 from hypernet.metrics import answer_nll, bootstrap_ci, bootstrap_ratio, exact_match, greedy_answer
 from hypernet.probes import Probe
@@ -242,7 +242,7 @@ def compare_generators(
 
 def _options(name: str, cfg: EvalConfig) -> dict[str, Any]:
     options = dict(cfg.generator_options.get(name, {}))
-    if name != "cd" and cfg.checkpoint:
+    if name in D2L_GENERATORS and cfg.checkpoint:
         options.setdefault("checkpoint", cfg.checkpoint)
     return options
 

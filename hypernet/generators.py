@@ -42,6 +42,8 @@ CHECKPOINTS_DIR = Path(__file__).resolve().parent / "checkpoints"
 SHIPPED_CHECKPOINTS = {DEFAULT_BASE_MODEL: CHECKPOINTS_DIR / DEFAULT_BASE_MODEL}
 
 Progress = Callable[[int, float], None]
+# The generators that read a Doc-to-LoRA checkpoint (option ``checkpoint``).
+D2L_GENERATORS = ("hypernet", "hypernet+cd")
 
 
 class GeneratorError(ValueError):

@@ -48,6 +48,7 @@ class MemoryConfig:
     rank: int = 32  # per chunk of the document
     chunk_tokens: int = 256
     general_tokens: int = 6000  # tokens of general text behind C
+    general_as: str = "text"  # how C's general text is read: "text" (a document) or "exchange" (chat)
 
     def __post_init__(self) -> None:
         checks = {
@@ -57,6 +58,7 @@ class MemoryConfig:
             "rank": self.rank >= 1,
             "chunk_tokens": self.chunk_tokens >= 16,
             "general_tokens": self.general_tokens >= 256,
+            "general_as": self.general_as in ("text", "exchange"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -144,7 +146,7 @@ def key_statistics(base: BaseModel, cfg: MemoryConfig) -> dict[str, Tensor]:
     chat user turns like documents; the QA gates' general-text set is not used, so the regression gate
     still measures text the memory never saw. Computed once per process and configuration.
     """
-    key = (base.weights_sha256, cfg.layers, cfg.chunk_tokens, cfg.general_tokens)
+    key = (base.weights_sha256, cfg.layers, cfg.chunk_tokens, cfg.general_tokens, cfg.general_as)
     if key not in _STATISTICS:
         _STATISTICS.clear()  # one base model per process in practice: keep memory bounded
         _STATISTICS[key] = _statistics(base, cfg)
@@ -154,6 +156,18 @@ def key_statistics(base: BaseModel, cfg: MemoryConfig) -> dict[str, Tensor]:
 _STATISTICS: dict[tuple, dict[str, Tensor]] = {}
 
 
+def _general_ids(base: BaseModel, text: str, cfg: MemoryConfig) -> list[int]:
+    """A general text as the memory will meet it: read as a document (``text``), or as a chat exchange
+    (``exchange``: its first words as the user's turn, the next ones as the assistant's answer), so that
+    the ridge also holds still the positions where answers start."""
+    if cfg.general_as == "text":
+        return chat_ids(base.tokenizer, text)[0][: cfg.chunk_tokens]
+    words = text.split()
+    cut = min(len(words) // 2, 60)
+    prompt, answer = chat_ids(base.tokenizer, " ".join(words[:cut]), " ".join(words[cut : cut + 60]))
+    return (prompt + answer)[: cfg.chunk_tokens]
+
+
 def _statistics(base: BaseModel, cfg: MemoryConfig) -> dict[str, Tensor]:
     from hypernet.corpus import load_corpus
 
@@ -161,7 +175,7 @@ def _statistics(base: BaseModel, cfg: MemoryConfig) -> dict[str, Tensor]:
     sums: dict[str, Tensor] = {}
     seen = 0
     for doc in load_corpus():
-        ids = chat_ids(base.tokenizer, doc.text)[0][: cfg.chunk_tokens]
+        ids = _general_ids(base, doc.text, cfg)
         with recording(base, paths) as reads:
             _forward(base, ids)
         for p in paths:

@@ -35,11 +35,12 @@ def test_bench_times_every_generator_on_the_same_documents(tiny_base, checkpoint
     long = result["long_document"]
     assert long["tokens"] == 64 and long["chunks"] == 2  # 32-token chunks
     assert min(long["seconds"], long["feature_pass_seconds"], long["hypernet_pass_seconds"]) > 0
+    assert long["rest_seconds"] >= 0  # the memory's solve (on by default)
     assert all(v >= result["rss_before_mb"] * 0.5 > 0 for v in result["peak_rss_mb"].values())
     assert [r["doc"] for r in records if r["kind"] == "bench-doc"] == [0, 1]
     assert json.loads(json.dumps(result)) == result
     table = to_markdown(result)
-    assert "| cd |" in table and "A 64-token document (2 chunks)" in table
+    assert "| cd |" in table and "A 64-token document (2 chunks)" in table and "memory's solve" in table
 
 
 def test_peak_memory_sees_an_allocation_inside_the_block() -> None:

@@ -72,7 +72,7 @@ def test_eval_reports_the_issue_keys_for_both_sets_and_every_generator(tiny_base
         assert set(s["nll"]) == {"base", "bias", "own", "wrong", "in_context"}
         assert all(v > 0 for v in s["nll"].values())
     assert result["synthetic"]["docs"] == 4 and result["real"]["docs"] == 3
-    assert set(result["generators"]) == {"hypernet", "cd", "hypernet+cd"}
+    assert set(result["generators"]) == {"hypernet", "cd", "hypernet+cd", "memory"}
     for g in result["generators"].values():
         assert {"gap_closed", "gap_closed_wrong_doc", "exact_match", "seconds_per_doc"} <= g.keys()
         assert g["seconds_per_doc"] > 0 and g["docs"] == 2 and 0 <= g["exact_match"] <= 1
@@ -80,7 +80,7 @@ def test_eval_reports_the_issue_keys_for_both_sets_and_every_generator(tiny_base
         assert set(g["real"]["gap_closed"]) == {"mean", "ci_low", "ci_high"}
     assert result["generator_docs"] == {"synthetic": 2, "real": 2, "flat": "synthetic"}
     fingerprints = {g["fingerprint"] for g in result["generators"].values()}
-    assert len(fingerprints) == 3
+    assert len(fingerprints) == len(result["generators"]) == 4  # every generator names itself apart
     assert result["meta"]["checkpoint_sha256"] and result["meta"]["base_model_sha256"]
     assert json.loads(json.dumps(result)) == result  # plain JSON all the way down
     assert any(r["kind"] == "eval-generator" for r in records)
