@@ -78,7 +78,8 @@ def test_generated_adapter_depends_on_the_document(tiny_base, checkpoint: Path) 
 
 
 def test_long_documents_are_cut_at_max_chunks_with_a_note(tiny_base, checkpoint: Path) -> None:
-    gen = make_generator("hypernet", tiny_base, {"checkpoint": str(checkpoint), "max_chunks": 2} | NETWORK_ONLY)
+    opts = {"checkpoint": str(checkpoint), "max_chunks": 2} | NETWORK_ONLY
+    gen = make_generator("hypernet", tiny_base, opts)
     out = gen.generate(DOC * 4)
     assert out.metrics["chunks"] == 2.0 and out.weights.rank == 2 * NET["rank"] + NET["bias_rank"]
     assert out.notes and "first 2 chunks" in out.notes[0]
@@ -112,9 +113,8 @@ def test_memory_adds_the_documents_closed_form_update_to_the_networks(tiny_base,
         expected = alone.delta(path) + (mem.delta(path) if path in mem.A else 0)
         torch.testing.assert_close(combined.delta(path), expected, atol=1e-5, rtol=1e-4)
     assert both.fingerprint() != network.fingerprint()
-    assert make_generator("hypernet", tiny_base, opts | {"memory": {"scale": 0.2}}).fingerprint() not in {
-        both.fingerprint(), network.fingerprint()
-    }
+    stronger = make_generator("hypernet", tiny_base, opts | {"memory": {"scale": 0.2}})
+    assert stronger.fingerprint() not in {both.fingerprint(), network.fingerprint()}
     with pytest.raises(GeneratorError, match=r"unknown memory option\(s\) \['depth'\]"):
         make_generator("hypernet", tiny_base, opts | {"memory": {"depth": 3}})
 
