@@ -43,12 +43,12 @@ class MemoryConfig:
     """Which layers hold the memory and how strongly (defaults: docs/eval-memory.md)."""
 
     layers: tuple[int, ...] | None = None  # None: every second layer from 2/3 of the depth (memory_layers)
-    ridge: float = 10.0  # λ: weight of general-text keys against the document's, per document key
+    ridge: float = 30.0  # λ: weight of general-text keys against the document's, per document key
     scale: float = 0.08  # value length as a fraction of the layer's mean residual norm
     rank: int = 32  # per chunk of the document
     chunk_tokens: int = 256
     general_tokens: int = 6000  # tokens of general text behind C
-    general_as: str = "text"  # how C's general text is read: "text" (a document) or "exchange" (chat)
+    general_as: str = "exchange"  # how C's general text is read: "exchange" (chat) or "text" (a document)
 
     def __post_init__(self) -> None:
         checks = {
