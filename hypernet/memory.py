@@ -9,17 +9,18 @@ residual norm). The update of ``down_proj`` is the ridge solution of MEMIT's bat
 
     ΔWᵀ = (KᵀK + λ·n·C)⁻¹ Kᵀ V
 
-where ``C`` is the second moment of the same keys on general text (``key_statistics``): the update maps
-the document's keys to its values while staying small on keys that ordinary text produces, which is
-what keeps the adapter from disturbing everything else. ``ΔW`` has rank at most ``n`` (the document's
-tokens) and is truncated by SVD to ``cfg.rank`` per chunk.
+where ``C`` is the second moment of the same keys on general text read as chat exchanges
+(``key_statistics``): the update maps the document's keys to its values while staying small on keys
+that ordinary conversation produces, which is what keeps the adapter from disturbing everything else.
+``ΔW`` has rank at most ``n`` (the document's tokens) and is truncated by SVD to ``cfg.rank`` per chunk.
 
 Why it helps: after reading a sentence the model sees the same local context again when a question
 quotes it, and the memory adds the document's continuation there. It is document-specific by
 construction (another document's memory holds other continuations), which the trained hypernetwork is
 not yet on real text (docs/hypernet-smollm2.md). It knows nothing of questions: the first token of an
 answer, predicted after the assistant header, is rarely a stored context. The measured gains and the
-choice of defaults are in docs/eval-memory.md.
+choice of defaults are in docs/eval-memory.md. ``HypernetGenerator`` adds the memory to the network's
+adapter by default, reading it from the network's own feature pass (``recording``).
 """
 
 from __future__ import annotations
@@ -142,9 +143,11 @@ def key_statistics(base: BaseModel, cfg: MemoryConfig) -> dict[str, Tensor]:
     """``C⁻¹`` per memory layer, ``C`` the uncentred second moment of ``down_proj``'s inputs on general
     text (with a jitter of 1e-6 of its mean diagonal).
 
-    The text is the packaged Python-documentation corpus (``hypernet.corpus``, PSF licence), read as
-    chat user turns like documents; the QA gates' general-text set is not used, so the regression gate
-    still measures text the memory never saw. Computed once per process and configuration.
+    The text is the packaged Python-documentation corpus (``hypernet.corpus``, PSF licence), by default
+    read as chat exchanges (``_general_ids``), so positions where an answer starts are among the keys
+    the update must leave alone; the QA gates' general-text set is not used, so the preservation gate
+    still measures text the memory never saw. Computed once per process and configuration (~6,000
+    tokens through the base model: seconds on a CPU).
     """
     key = (base.weights_sha256, cfg.layers, cfg.chunk_tokens, cfg.general_tokens, cfg.general_as)
     if key not in _STATISTICS:
