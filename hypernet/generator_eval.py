@@ -286,6 +286,7 @@ def run_eval(
         "base_model_id": base.model_id,
         "base_model_sha256": base.weights_sha256,
         "checkpoint_sha256": gen.checkpoint_sha256,
+        "hypernet_config": gen.describe()["config"],  # max_chunks and the memory's settings
         "device": str(base.device),
         "threads": torch.get_num_threads(),
         "config": asdict(cfg)

@@ -82,6 +82,7 @@ def test_eval_reports_the_issue_keys_for_both_sets_and_every_generator(tiny_base
     fingerprints = {g["fingerprint"] for g in result["generators"].values()}
     assert len(fingerprints) == len(result["generators"]) == 4  # every generator names itself apart
     assert result["meta"]["checkpoint_sha256"] and result["meta"]["base_model_sha256"]
+    assert result["meta"]["hypernet_config"]["memory"]["ridge"] > 0  # the memory is on by default, recorded
     assert json.loads(json.dumps(result)) == result  # plain JSON all the way down
     assert any(r["kind"] == "eval-generator" for r in records)
     table = to_markdown(result)
