@@ -71,7 +71,7 @@ class RealDoc:
 # ---------------------------------------------------------------- documents by length
 
 
-def _token_count(base: BaseModel) -> Callable[[str], int]:
+def token_counter(base: BaseModel) -> Callable[[str], int]:
     tok = base.tokenizer
     return lambda text: len(tok(text, add_special_tokens=False)["input_ids"])
 
@@ -362,7 +362,7 @@ def real_section(
     buckets = tuple(cfg.real_buckets)
     chunk_tokens = gen.net.cfg.chunk_tokens
     selected = select_documents(
-        corpus, _token_count(base), chunk_tokens, buckets, cfg.real_bucket_docs,
+        corpus, token_counter(base), chunk_tokens, buckets, cfg.real_bucket_docs,
         cfg.real_knowledge_probes, cfg.real_continuation_probes, seed=cfg.seed,
     )  # fmt: skip
     docs = [d for k in buckets for d in selected[k] if len(selected[k]) >= 2]
@@ -379,7 +379,7 @@ def real_section(
         own[d.doc.doc_id], seconds[d.doc.doc_id] = result.weights, result.seconds
     records = []
     for i, d in enumerate(docs):
-        nxt = _next_same_length(docs, i)
+        nxt = next_same_length(docs, i)
         adapters = {"base": None, "bias": bias, "own": own[d.doc.doc_id], "wrong": own[nxt.doc.doc_id],
                     "in_context": None}  # fmt: skip
         em = cfg.max_new_tokens if cfg.real_em_conditions else None
@@ -449,7 +449,7 @@ def compare(
                  "seconds": round(result.seconds, 3)})  # fmt: skip
     records = []
     for i, d in enumerate(docs):
-        nxt = _next_same_length(docs, i)
+        nxt = next_same_length(docs, i)
         conds = {"own": adapters[d.doc.doc_id], "wrong": adapters[nxt.doc.doc_id]}
         em = cfg.max_new_tokens if "own" in cfg.real_em_conditions else None
         rec = measure(gen.base, d, choices[d.doc.doc_id], conds, em, gate, nxt.doc.text, ("own",))
@@ -472,7 +472,7 @@ def compare(
     return result
 
 
-def _next_same_length(docs: Sequence[RealDoc], i: int) -> RealDoc:
+def next_same_length(docs: Sequence[RealDoc], i: int) -> RealDoc:
     """The next document of the same length bucket (cyclically): the wrong-document control."""
     same = [d for d in docs if d.chunks == docs[i].chunks]
     j = same.index(docs[i])
