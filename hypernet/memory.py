@@ -248,13 +248,13 @@ def ridge_factors(K: Tensor, V: Tensor, C_inv: Tensor, ridge: float, rank: int) 
     """B ``[d_out, r]`` and A ``[r, d_in]``: the rank-r truncation of ΔW = Vᵀ K (KᵀK + λnC)⁻¹.
 
     Solved in the document's n dimensions rather than the keys' d (push-through identity):
-    ΔW = Yᵀ P with P = K C⁻¹ and Y = (λn I + P Kᵀ)⁻¹ V, then the SVD of the small factor Yᵀ Rᵀ where
-    Pᵀ = Q R. About n·d² work instead of d³ (docs/eval-memory.md has the timings)."""
+    ΔW = Yᵀ P with P = K C⁻¹ and Y = (λn I + P Kᵀ)⁻¹ V (a Cholesky solve), then the SVD of the small
+    factor Yᵀ Rᵀ where Pᵀ = Q R. About n·d² work instead of d³ (docs/eval-memory.md has the timings)."""
     n = K.shape[0]
     P = K @ C_inv  # [n, d_in]
     G = P @ K.T
     G.diagonal().add_(ridge * n)
-    Y = torch.linalg.solve(G, V)  # [n, d_out]
+    Y = torch.cholesky_solve(V, torch.linalg.cholesky(G))  # [n, d_out]
     Q, R = torch.linalg.qr(P.T)  # [d_in, n], [n, n]
     U, S, Wh = torch.linalg.svd(Y.T @ R.T, full_matrices=False)
     return U[:, :rank] * S[:rank], Wh[:rank] @ Q.T
