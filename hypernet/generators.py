@@ -352,7 +352,10 @@ def _hypernet_builder(name: str, cls: type[HypernetGenerator]) -> GeneratorBuild
             sha = checkpoint_sha256(folder)
         except (CheckpointError, OSError) as exc:
             raise GeneratorError(f"generator {name!r}: {exc}") from exc
-        return cls(base, net, sha, cfg)
+        try:
+            return cls(base, net, sha, cfg)
+        except ValueError as exc:  # memory settings this model cannot take (a layer it lacks)
+            raise GeneratorError(f"generator {name!r}: {exc}") from exc
 
     return build
 

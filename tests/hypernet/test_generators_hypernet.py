@@ -117,6 +117,8 @@ def test_memory_adds_the_documents_closed_form_update_to_the_networks(tiny_base,
     assert stronger.fingerprint() not in {both.fingerprint(), network.fingerprint()}
     with pytest.raises(GeneratorError, match=r"unknown memory option\(s\) \['depth'\]"):
         make_generator("hypernet", tiny_base, opts | {"memory": {"depth": 3}})
+    with pytest.raises(GeneratorError, match=r"generator 'hypernet\+cd': memory layers \[5\] do not exist"):
+        make_generator("hypernet+cd", tiny_base, opts | {"memory": {"layers": [5]}})
 
 
 def test_empty_document_is_refused_by_name(tiny_base, checkpoint: Path) -> None:
