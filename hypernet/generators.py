@@ -136,10 +136,10 @@ class HypernetInputError(ValueError):
     """A document the hypernetwork cannot read (no tokens); the message says why."""
 
 
-# hypernet+cd's default refinement: on 8 held-out real documents (docs/eval-real-default.md) 5 steps from the
-# generated adapter passed the QA gates on all 8, closing more of the gap than cd at 5 steps from zero in
-# about the same time; 2 steps passed 4 of 8.
-REFINE_STEPS = 5
+# hypernet+cd's default refinement. With the document's memory in the starting point, 2 steps passed the QA
+# gates on all 24 held-out real documents of one, two and four chunks (docs/eval-memory.md), at 14 s per
+# one-chunk document against 21 s for 5 steps; without the memory 2 steps passed 4 of 8.
+REFINE_STEPS = 2
 
 
 @dataclass(frozen=True)
