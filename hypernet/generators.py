@@ -222,6 +222,7 @@ class HypernetGenerator:
         # The memory reads the document in the network's chunks, so max_chunks bounds both alike.
         self.memory = replace(cfg.memory, chunk_tokens=net.cfg.chunk_tokens) if cfg.memory else None
         self.memory_stats = key_statistics(base, self.memory) if self.memory else None
+        self.memory_paths = memory_paths(base, self.memory.layers) if self.memory else []
 
     def fingerprint(self) -> str:
         return fingerprint_of(self.name, self.base, self._config(), self.checkpoint_sha256)
@@ -252,7 +253,7 @@ class HypernetGenerator:
         if self.memory is None:
             features, memory = [self.encoder.encode_ids(ids) for ids in chunks], None
         else:
-            with recording(self.base, memory_paths(self.base, self.memory.layers)) as reads:
+            with recording(self.base, self.memory_paths) as reads:
                 features = [self.encoder.encode_ids(ids) for ids in chunks]
             memory = memory_from_reads(self.base, chunks, reads, self.memory, self.memory_stats)
         metrics = {"chunks": float(len(chunks)), "doc_tokens": float(sum(f.shape[1] for f in features))}

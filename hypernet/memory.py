@@ -195,12 +195,19 @@ def _statistics(base: BaseModel, cfg: MemoryConfig) -> dict[str, Tensor]:
     return out
 
 
-def content_positions(tokenizer, ids: list[int]) -> Tensor:
-    """Positions of a chat-wrapped chunk (``chat_ids(tokenizer, text)[0]``) whose next token is content."""
+def content_positions(tokenizer, ids: list[int], frame: tuple[int, int] | None = None) -> Tensor:
+    """Positions of a chat-wrapped chunk (``chat_ids(tokenizer, text)[0]``) whose next token is content;
+    ``frame`` is ``chat_frame(tokenizer)``, passed in when many chunks share it."""
+    head, around = frame or chat_frame(tokenizer)
+    return torch.arange(head - 1, head - 1 + len(ids) - around)
+
+
+def chat_frame(tokenizer) -> tuple[int, int]:
+    """Tokens before the user's text in ``chat_ids``, and before plus after it."""
     frame = chat_ids(tokenizer, "")[0]  # header + footer: chat_ids encodes the three parts separately
     probe = chat_ids(tokenizer, "x")[0]
     head = next(i for i, (a, b) in enumerate(zip(probe, frame + [-1], strict=False)) if a != b)
-    return torch.arange(head - 1, head - 1 + len(ids) - len(frame))
+    return head, len(frame)
 
 
 def memory_lora(
@@ -208,9 +215,9 @@ def memory_lora(
 ) -> LoraWeights:
     """The document's memory on ``down_proj`` at the memory layers: rank ``cfg.rank`` per chunk read
     (the first ``max_chunks`` chunks when given). Raises ValueError when the document has no tokens."""
-    chunks = chat_chunks(base.tokenizer, text, cfg.chunk_tokens)[:max_chunks]
     if not text.strip():
         raise ValueError("document is empty: the memory has nothing to read")
+    chunks = chat_chunks(base.tokenizer, text, cfg.chunk_tokens)[:max_chunks]
     with recording(base, memory_paths(base, cfg.layers)) as reads:
         for ids in chunks:
             _forward(base, ids)
@@ -222,7 +229,8 @@ def memory_from_reads(
     base: BaseModel, chunks: list[list[int]], reads: Reads, cfg: MemoryConfig, stats: dict[str, Tensor]
 ) -> LoraWeights:
     """The memory of the chunks whose passes ``reads`` recorded (in order): rank ``cfg.rank`` per chunk."""
-    positions = [content_positions(base.tokenizer, ids) for ids in chunks]
+    frame = chat_frame(base.tokenizer)
+    positions = [content_positions(base.tokenizer, ids, frame) for ids in chunks]
     targets = torch.cat([torch.tensor(ids)[pos + 1] for ids, pos in zip(chunks, positions, strict=True)])
     direction = _value_directions(base, targets.to(base.device))  # [n, d_out], unit rows
     rank = min(cfg.rank * len(chunks), direction.shape[0])
