@@ -67,9 +67,11 @@ class FeatureEncoder:
     @torch.no_grad()
     def encode_ids(self, ids: list[int]) -> Tensor:
         """Layer inputs over one token sequence, normalised per token: ``[L, T, H]`` fp16."""
-        model = self.base.model
+        # the decoder alone: layer inputs are all the features need, and the LM head over a 49k vocabulary
+        # is about a fifth of the pass's time (docs/eval-memory.md)
+        decoder = self.base.model.get_decoder()
         input_ids = torch.tensor([ids], device=self.base.device)
-        out = model(input_ids=input_ids, output_hidden_states=True, use_cache=False)
+        out = decoder(input_ids=input_ids, output_hidden_states=True, use_cache=False)
         states = torch.stack(out.hidden_states[: self.n_layers], dim=0)[:, 0]  # [L, T, H]
         states = F.layer_norm(states.float(), states.shape[-1:])
         return states.to(torch.float16).cpu()

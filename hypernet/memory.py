@@ -136,7 +136,8 @@ def recording(base: BaseModel, paths: list[str]) -> Iterator[Reads]:
 
 @torch.no_grad()
 def _forward(base: BaseModel, ids: list[int]) -> None:
-    base.model(input_ids=torch.tensor([ids], device=base.device), use_cache=False)
+    # the decoder alone: the memory reads layer inputs, never the logits
+    base.model.get_decoder()(input_ids=torch.tensor([ids], device=base.device), use_cache=False)
 
 
 def key_statistics(base: BaseModel, cfg: MemoryConfig) -> dict[str, Tensor]:
