@@ -142,8 +142,10 @@ def _is_chatml(tokenizer: PreTrainedTokenizerBase) -> bool:
     template = tokenizer.chat_template or ""
     if isinstance(template, dict):
         template = template.get("default", "")
-    vocab = tokenizer.get_vocab()
-    return "<|im_start|>" in template and "<|im_start|>" in vocab and "<|im_end|>" in vocab
+    # token lookups, not get_vocab(): that copies the whole vocabulary (~60 ms), and every prompt asks
+    ids = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    known = all(i is not None and i != tokenizer.unk_token_id for i in ids)
+    return "<|im_start|>" in template and known
 
 
 def _encode(tokenizer: PreTrainedTokenizerBase, text: str, plain: bool = False) -> list[int]:
