@@ -12,7 +12,8 @@ residual norm). The update of ``down_proj`` is the ridge solution of MEMIT's bat
 where ``C`` is the second moment of the same keys on general text read as chat exchanges
 (``key_statistics``): the update maps the document's keys to its values while staying small on keys
 that ordinary conversation produces, which is what keeps the adapter from disturbing everything else.
-``ΔW`` has rank at most ``n`` (the document's tokens) and is truncated by SVD to ``cfg.rank`` per chunk.
+``ΔW`` has rank at most ``n`` (the document's tokens) and is truncated by SVD to ``cfg.rank`` per chunk
+(at most ``cfg.max_rank`` in all).
 
 Why it helps: after reading a sentence the model sees the same local context again when a question
 quotes it, and the memory adds the document's continuation there. It is document-specific by
@@ -46,7 +47,8 @@ class MemoryConfig:
     layers: tuple[int, ...] | None = None  # None: every second layer from 2/3 of the depth (memory_layers)
     ridge: float = 30.0  # λ: weight of general-text keys against the document's, per document key
     scale: float = 0.08  # value length as a fraction of the layer's mean residual norm
-    rank: int = 32  # per chunk of the document
+    rank: int = 64  # per chunk of the document
+    max_rank: int = 256  # in all: keeps a max_chunks document within vLLM's largest LoRA rank (512)
     chunk_tokens: int = 256
     general_tokens: int = 6000  # tokens of general text behind C
     general_as: str = "exchange"  # how C's general text is read: "exchange" (chat) or "text" (a document)
@@ -57,6 +59,7 @@ class MemoryConfig:
             "ridge": self.ridge > 0,
             "scale": self.scale >= 0,
             "rank": self.rank >= 1,
+            "max_rank": self.max_rank >= 1,
             "chunk_tokens": self.chunk_tokens >= 16,
             "general_tokens": self.general_tokens >= 256,
             "general_as": self.general_as in ("text", "exchange"),
@@ -229,12 +232,13 @@ def memory_lora(
 def memory_from_reads(
     base: BaseModel, chunks: list[list[int]], reads: Reads, cfg: MemoryConfig, stats: dict[str, Tensor]
 ) -> LoraWeights:
-    """The memory of the chunks whose passes ``reads`` recorded (in order): rank ``cfg.rank`` per chunk."""
+    """The memory of the chunks whose passes ``reads`` recorded (in order): rank ``cfg.rank`` per chunk, at
+    most ``cfg.max_rank``."""
     frame = chat_frame(base.tokenizer)
     positions = [content_positions(base.tokenizer, ids, frame) for ids in chunks]
     targets = torch.cat([torch.tensor(ids)[pos + 1] for ids, pos in zip(chunks, positions, strict=True)])
     direction = _value_directions(base, targets.to(base.device))  # [n, d_out], unit rows
-    rank = min(cfg.rank * len(chunks), direction.shape[0])
+    rank = min(cfg.rank * len(chunks), cfg.max_rank, direction.shape[0])
     A, B = {}, {}
     for p, passes in reads.keys.items():
         if len(passes) != len(chunks):

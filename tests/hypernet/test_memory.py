@@ -53,12 +53,14 @@ def test_the_memory_makes_its_own_document_likelier_than_another(tiny_base) -> N
     assert gain_own > 0.05 and gain_own > 3 * gain_other
 
 
-def test_rank_is_per_chunk_and_bounded_by_the_tokens_read(tiny_base) -> None:
+def test_rank_is_per_chunk_capped_by_max_rank_and_bounded_by_the_tokens_read(tiny_base) -> None:
     cfg = MemoryConfig(layers=(0, 1), rank=4, chunk_tokens=16, general_tokens=256)
     stats = key_statistics(tiny_base, cfg)
     chunks = len(chat_chunks(tiny_base.tokenizer, DOC, 16))
     assert memory_lora(tiny_base, DOC, cfg, stats).rank == 4 * chunks
     assert memory_lora(tiny_base, DOC, cfg, stats, max_chunks=2).rank == 8
+    capped = MemoryConfig(layers=(0, 1), rank=4, max_rank=6, chunk_tokens=16, general_tokens=256)
+    assert memory_lora(tiny_base, DOC, capped, stats, max_chunks=2).rank == 6
     wide = MemoryConfig(layers=(1,), rank=500, chunk_tokens=16, general_tokens=256)
     assert memory_lora(tiny_base, "Alder Bay", wide, key_statistics(tiny_base, wide)).rank <= 4
 
