@@ -65,7 +65,8 @@ def main(cfg: dict) -> None:
             "own-wrong": mean(overall["own_minus_wrong"]), "k_own-wrong": mean(knowledge["own_minus_wrong"]),
             "mc_own_k": mean(knowledge["multiple_choice"]["own"]),
             "mc_base_k": mean(knowledge["multiple_choice"]["base"]),
-            "mc_own": mean(overall["multiple_choice"]["own"]), "mc_base": mean(overall["multiple_choice"]["base"]),
+            "mc_own": mean(overall["multiple_choice"]["own"]),
+            "mc_base": mean(overall["multiple_choice"]["base"]),
             "gates": [r["gate"]["passed"] for r in records if "gate" in r],
         }), flush=True)  # fmt: skip
 

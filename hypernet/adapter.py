@@ -3,6 +3,9 @@
 A folder holds PEFT's two files, ``adapter_config.json`` and ``adapter_model.safetensors`` (key names
 ``base_model.model.<module path>.lora_A.weight``), so ``PeftModel.from_pretrained``, vLLM
 ``--lora-modules`` and LoRAX load it unchanged, plus ``instill.json``, the lineage sidecar servers ignore.
+A module whose rank ``apply_together`` zero-padded (a document's memory on five layers beside the
+network's adapter on all of them) is saved at its own rank, named in PEFT's ``rank_pattern`` and
+``alpha_pattern`` with the same scaling everywhere, and padded again on loading.
 The adapter's identity (its sha256) covers the two PEFT files only, because the sidecar later gains QA
 verdicts. Weights are read with safetensors only, never with pickle.
 """
@@ -14,6 +17,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +31,7 @@ WEIGHTS_FILE = "adapter_model.safetensors"
 LINEAGE_FILE = "instill.json"
 _PREFIX = "base_model.model."
 _SUFFIXES = {".lora_A.weight": "A", ".lora_B.weight": "B"}
+Factors = tuple[torch.Tensor, torch.Tensor]  # one module's A [r, d_in] and B [d_out, r]
 
 
 class AdapterError(Exception):
@@ -49,8 +54,9 @@ def save_adapter(weights: LoraWeights, out_dir: Path, base_model_name_or_path: s
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        (tmp / CONFIG_FILE).write_text(_json(peft_config(weights, base_model_name_or_path)))
-        save_file(_peft_state_dict(weights), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        factors = _unpadded(weights)
+        (tmp / CONFIG_FILE).write_text(_json(peft_config(weights, base_model_name_or_path, factors)))
+        save_file(_peft_state_dict(factors), tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         (tmp / LINEAGE_FILE).write_text(_json(lineage))
         os.chmod(tmp, 0o755)
         _replace_dir(tmp, out_dir)
@@ -59,14 +65,26 @@ def save_adapter(weights: LoraWeights, out_dir: Path, base_model_name_or_path: s
     return adapter_sha256(out_dir)
 
 
-def peft_config(weights: LoraWeights, base_model_name_or_path: str) -> dict[str, Any]:
-    """The ``adapter_config.json`` of a plain LoRA; PEFT's scaling is ``lora_alpha / r``."""
+def peft_config(
+    weights: LoraWeights, base_model_name_or_path: str, factors: dict[str, Factors] | None = None
+) -> dict[str, Any]:
+    """The ``adapter_config.json`` of a plain LoRA; PEFT's scaling is ``lora_alpha / r``. With ``factors``
+    of several ranks (``_unpadded``), ``r`` is the commonest and the others are in ``rank_pattern`` and
+    ``alpha_pattern`` (full module paths), each alpha its rank times the one scaling."""
+    ranks = {p: a.shape[-2] for p, (a, _) in (factors or {}).items()} or {p: weights.rank for p in weights.A}
+    r = Counter(ranks.values()).most_common(1)[0][0]
+    other = {p: k for p, k in ranks.items() if k != r}
+    patterns = {
+        "rank_pattern": other,
+        "alpha_pattern": {p: float(weights.scaling) * k for p, k in other.items()},
+    }
     return {
         "peft_type": "LORA",
         "task_type": "CAUSAL_LM",
         "base_model_name_or_path": base_model_name_or_path,
-        "r": weights.rank,
-        "lora_alpha": float(weights.scaling) * weights.rank,
+        "r": r,
+        "lora_alpha": float(weights.scaling) * r,
+        **(patterns if other else {}),
         "target_modules": weights.target_names,
         "bias": "none",
         "lora_dropout": 0.0,
@@ -94,10 +112,8 @@ def load_adapter(adapter_dir: Path) -> LoraWeights:
     if not A:
         raise AdapterError(f"adapter {adapter_dir}: no LoRA weights in {WEIGHTS_FILE}")
     try:
-        r = int(config["r"])
-        scaling = float(config["lora_alpha"]) / (r**0.5 if config.get("use_rslora") else r)
-        return LoraWeights(A, B, scaling)
-    except (KeyError, ValueError) as exc:
+        return _padded(A, B, config)
+    except (KeyError, ValueError, TypeError) as exc:
         raise AdapterError(f"adapter {adapter_dir}: inconsistent weights or config: {exc}") from exc
 
 
@@ -127,11 +143,44 @@ def update_lineage(adapter_dir: Path, patch: dict[str, Any]) -> dict[str, Any]:
     return lineage
 
 
-def _peft_state_dict(weights: LoraWeights) -> dict[str, torch.Tensor]:
-    state = {}
+def _unpadded(weights: LoraWeights) -> dict[str, Factors]:
+    """Each module's A and B without trailing rank components that are zero in both (padding adds
+    nothing to the update); at least rank 1, as PEFT needs."""
+    out = {}
     for path in weights.modules:
-        state[f"{_PREFIX}{path}.lora_A.weight"] = weights.A[path].detach().cpu().float().contiguous()
-        state[f"{_PREFIX}{path}.lora_B.weight"] = weights.B[path].detach().cpu().float().contiguous()
+        A, B = weights.A[path].detach().cpu().float(), weights.B[path].detach().cpu().float()
+        used = torch.nonzero((A != 0).any(dim=1) | (B != 0).any(dim=0))
+        rank = int(used.max()) + 1 if len(used) else 1
+        out[path] = (A[:rank].contiguous(), B[:, :rank].contiguous())
+    return out
+
+
+def _padded(A: dict[str, torch.Tensor], B: dict[str, torch.Tensor], config: dict[str, Any]) -> LoraWeights:
+    """LoraWeights (one rank) from a folder's factors: modules of a lower rank are zero-padded, and a
+    module whose own scaling (``alpha_pattern`` / ``rank_pattern``, PEFT's full-path keys) differs from
+    the first's has it folded into B."""
+    rank_of, alpha_of = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+
+    def scaling(path: str) -> float:
+        r = int(rank_of.get(path, config["r"]))
+        return float(alpha_of.get(path, config["lora_alpha"])) / (r**0.5 if config.get("use_rslora") else r)
+
+    scalings = {p: scaling(p) for p in A}
+    common = next(iter(scalings.values()))
+    width = max(a.shape[-2] for a in A.values())
+    for p in A:
+        pad = width - A[p].shape[-2]
+        B[p] = B[p] * (scalings[p] / common)
+        A[p] = torch.cat([A[p], A[p].new_zeros(pad, A[p].shape[-1])]) if pad else A[p]
+        B[p] = torch.cat([B[p], B[p].new_zeros(B[p].shape[0], pad)], dim=1) if pad else B[p]
+    return LoraWeights(A, B, common)
+
+
+def _peft_state_dict(factors: dict[str, Factors]) -> dict[str, torch.Tensor]:
+    state = {}
+    for path, (A, B) in factors.items():
+        state[f"{_PREFIX}{path}.lora_A.weight"] = A
+        state[f"{_PREFIX}{path}.lora_B.weight"] = B
     return state
 
 

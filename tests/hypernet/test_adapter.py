@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM
 
 from hypernet.adapter import (
@@ -18,7 +19,7 @@ from hypernet.adapter import (
     save_adapter,
     update_lineage,
 )
-from hypernet.lora import LoraWeights, applied, concat_rank, target_linears
+from hypernet.lora import LoraWeights, applied, apply_together, concat_rank, target_linears
 
 
 def random_lora(model, rank: int, scaling: float, seed: int) -> LoraWeights:
@@ -75,6 +76,30 @@ def test_rank_concatenated_chunks_export_exactly(base, ids, tmp_path: Path) -> N
             both = base(input_ids=ids).logits
     assert (both - plain).abs().max() > 1e-2
     torch.testing.assert_close(peft_logits(base, tmp_path / "a", ids), both, atol=1e-4, rtol=0)
+
+
+def test_zero_padded_modules_are_saved_at_their_own_rank(base, ids, tmp_path: Path) -> None:
+    """``apply_together`` pads every module to the largest rank; the file keeps each module's own rank
+    (PEFT's ``rank_pattern``), PEFT loads it to the same logits, and loading pads it again."""
+    everywhere = random_lora(base, 4, 2.0, seed=3)
+    wide = random_lora(base, 12, 0.5, seed=4)
+    path = wide.modules[-1]
+    together = apply_together([everywhere, LoraWeights({path: wide.A[path]}, {path: wide.B[path]}, 0.5)])
+    assert together.rank == 16
+    save_adapter(together, tmp_path / "a", "tiny", {})
+    config = json.loads((tmp_path / "a" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (4, 4.0)
+    assert config["rank_pattern"] == {path: 16} and config["alpha_pattern"] == {path: 16.0}
+    with safe_open(str(tmp_path / "a" / "adapter_model.safetensors"), "pt") as f:
+        ranks = {k: f.get_slice(k).get_shape()[0] for k in f.keys() if "lora_A" in k}  # noqa: SIM118
+    assert ranks == {f"base_model.model.{p}.lora_A.weight": 16 if p == path else 4 for p in together.modules}
+    ours = applied_logits(base, together, ids)
+    assert (ours - applied_logits(base, everywhere, ids)).abs().max() > 1e-2  # the wide module counts
+    torch.testing.assert_close(peft_logits(base, tmp_path / "a", ids), ours, atol=1e-4, rtol=0)
+    loaded = load_adapter(tmp_path / "a")
+    assert loaded.rank == 16
+    for p in together.modules:
+        torch.testing.assert_close(loaded.delta(p), together.delta(p))
 
 
 def test_folder_has_peft_config_keys_and_lineage(base, tmp_path: Path) -> None:

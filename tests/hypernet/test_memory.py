@@ -91,7 +91,8 @@ def test_statistics_are_computed_once_per_configuration(tiny_base) -> None:
 
 
 def test_the_low_rank_solve_equals_the_direct_ridge_solution() -> None:
-    """The n-dimensional solve (push-through identity, exact truncation when small) gives MEMIT's d-dimensional one."""
+    """The n-dimensional solve (push-through identity; the truncation exact at this size) gives MEMIT's
+    d-dimensional one."""
     g = torch.Generator().manual_seed(0)
     K, V = torch.randn(20, 48, generator=g), torch.randn(20, 12, generator=g)
     X = torch.randn(200, 48, generator=g)
