@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections import Counter
@@ -113,7 +114,7 @@ def load_adapter(adapter_dir: Path) -> LoraWeights:
         raise AdapterError(f"adapter {adapter_dir}: no LoRA weights in {WEIGHTS_FILE}")
     try:
         return _padded(A, B, config)
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, re.error) as exc:
         raise AdapterError(f"adapter {adapter_dir}: inconsistent weights or config: {exc}") from exc
 
 
@@ -157,13 +158,16 @@ def _unpadded(weights: LoraWeights) -> dict[str, Factors]:
 
 def _padded(A: dict[str, torch.Tensor], B: dict[str, torch.Tensor], config: dict[str, Any]) -> LoraWeights:
     """LoraWeights (one rank) from a folder's factors: modules of a lower rank are zero-padded, and a
-    module whose own scaling (``alpha_pattern`` / ``rank_pattern``, PEFT's full-path keys) differs from
-    the first's has it folded into B."""
-    rank_of, alpha_of = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    module whose own scaling (its alpha over its rank) differs from the first's has it folded into B.
+    A module's rank is its tensors'; its alpha the first ``alpha_pattern`` key that names it the way PEFT
+    matches keys (the full path or a suffix of it, as a regular expression), else ``lora_alpha``."""
+    alpha_of = config.get("alpha_pattern") or {}
 
     def scaling(path: str) -> float:
-        r = int(rank_of.get(path, config["r"]))
-        return float(alpha_of.get(path, config["lora_alpha"])) / (r**0.5 if config.get("use_rslora") else r)
+        r = A[path].shape[-2]
+        key = next((k for k in alpha_of if re.match(rf"(.*\.)?(?:{k})$", path)), None)
+        alpha = float(alpha_of[key] if key is not None else config["lora_alpha"])
+        return alpha / (r**0.5 if config.get("use_rslora") else r)
 
     scalings = {p: scaling(p) for p in A}
     common = next(iter(scalings.values()))

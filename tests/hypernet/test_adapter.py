@@ -102,6 +102,22 @@ def test_zero_padded_modules_are_saved_at_their_own_rank(base, ids, tmp_path: Pa
         torch.testing.assert_close(loaded.delta(p), together.delta(p))
 
 
+def test_loading_reads_alpha_pattern_keys_the_way_peft_matches_them(base, tmp_path: Path) -> None:
+    """A PEFT-written pattern key is a suffix of the module path (a regular expression): that module's
+    scaling is its alpha over its rank; the others keep ``lora_alpha / r``."""
+    weights = random_lora(base, 4, 2.0, seed=5)
+    save_adapter(weights, tmp_path / "a", "tiny", {})
+    path = weights.modules[-1]
+    config_path = tmp_path / "a" / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    suffix = path.split(".", 1)[1]  # "layers.N.mlp.down_proj"
+    config_path.write_text(json.dumps(config | {"alpha_pattern": {suffix: 32.0}}))
+    loaded = load_adapter(tmp_path / "a")
+    torch.testing.assert_close(loaded.delta(path), weights.delta(path) * 4)  # 32 / 4 against 8 / 4
+    for p in weights.modules[:-1]:
+        torch.testing.assert_close(loaded.delta(p), weights.delta(p))
+
+
 def test_folder_has_peft_config_keys_and_lineage(base, tmp_path: Path) -> None:
     weights = random_lora(base, 4, 2.0, seed=0)
     sha = save_adapter(weights, tmp_path / "a", "HuggingFaceTB/SmolLM2-135M-Instruct", {"b": 1, "a": 2})
