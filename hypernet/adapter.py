@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from hypernet.lora import LoraWeights
+from hypernet.lora import LoraWeights, padded_to_one_rank
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -67,12 +67,13 @@ def save_adapter(weights: LoraWeights, out_dir: Path, base_model_name_or_path: s
 
 
 def peft_config(
-    weights: LoraWeights, base_model_name_or_path: str, factors: dict[str, Factors] | None = None
+    weights: LoraWeights, base_model_name_or_path: str, factors: dict[str, Factors]
 ) -> dict[str, Any]:
-    """The ``adapter_config.json`` of a plain LoRA; PEFT's scaling is ``lora_alpha / r``. With ``factors``
-    of several ranks (``_unpadded``), ``r`` is the commonest and the others are in ``rank_pattern`` and
-    ``alpha_pattern`` (full module paths), each alpha its rank times the one scaling."""
-    ranks = {p: a.shape[-2] for p, (a, _) in (factors or {}).items()} or {p: weights.rank for p in weights.A}
+    """The ``adapter_config.json`` of a plain LoRA saved as ``factors`` (``_unpadded(weights)``); PEFT's
+    scaling is ``lora_alpha / r``. When the factors have several ranks, ``r`` is the commonest and the
+    others are in ``rank_pattern`` and ``alpha_pattern`` (full module paths), each alpha its rank times
+    the one scaling."""
+    ranks = {p: a.shape[-2] for p, (a, _) in factors.items()}
     r = Counter(ranks.values()).most_common(1)[0][0]
     other = {p: k for p, k in ranks.items() if k != r}
     patterns = {
@@ -171,13 +172,8 @@ def _padded(A: dict[str, torch.Tensor], B: dict[str, torch.Tensor], config: dict
 
     scalings = {p: scaling(p) for p in A}
     common = next(iter(scalings.values()))
-    width = max(a.shape[-2] for a in A.values())
-    for p in A:
-        pad = width - A[p].shape[-2]
-        B[p] = B[p] * (scalings[p] / common)
-        A[p] = torch.cat([A[p], A[p].new_zeros(pad, A[p].shape[-1])]) if pad else A[p]
-        B[p] = torch.cat([B[p], B[p].new_zeros(B[p].shape[0], pad)], dim=1) if pad else B[p]
-    return LoraWeights(A, B, common)
+    B = {p: b * (scalings[p] / common) for p, b in B.items()}
+    return LoraWeights(*padded_to_one_rank(A, B), common)
 
 
 def _peft_state_dict(factors: dict[str, Factors]) -> dict[str, torch.Tensor]:

@@ -95,13 +95,22 @@ def apply_together(parts: list[LoraWeights]) -> LoraWeights:
         having = [w for w in parts if p in w.A]
         A[p] = torch.cat([w.A[p] for w in having], dim=-2)
         B[p] = torch.cat([w.B[p] * w.scaling for w in having], dim=-1)
+    return LoraWeights(*padded_to_one_rank(A, B), 1.0)
+
+
+def padded_to_one_rank(
+    A: dict[str, Tensor], B: dict[str, Tensor]
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Every module's factors zero-padded to the largest rank among them (``LoraWeights`` holds one):
+    zero rows of A and columns of B add nothing to the update."""
     rank = max(a.shape[-2] for a in A.values())
-    for p in paths:
+    A, B = dict(A), dict(B)
+    for p in A:
         pad = rank - A[p].shape[-2]
         if pad:
             A[p] = torch.cat([A[p], A[p].new_zeros(*A[p].shape[:-2], pad, A[p].shape[-1])], dim=-2)
             B[p] = torch.cat([B[p], B[p].new_zeros(*B[p].shape[:-1], pad)], dim=-1)
-    return LoraWeights(A, B, 1.0)
+    return A, B
 
 
 def target_linears(model: nn.Module, target: str = "down_proj") -> dict[str, nn.Linear]:
