@@ -12,6 +12,9 @@ residual norm). The update of ``down_proj`` is the ridge solution of MEMIT's bat
 where ``C`` is the second moment of the same keys on general text read as chat exchanges
 (``key_statistics``): the update maps the document's keys to its values while staying small on keys
 that ordinary conversation produces, which is what keeps the adapter from disturbing everything else.
+``n`` is the tokens of one chunk (the document's tokens over its chunks): MEMIT's ``C`` term does not grow
+with the number of edits, and weighing it by all of a long document's tokens held each chunk's own key
+directions back harder the longer the document (four-chunk documents: docs/eval-memory.md).
 ``ΔW`` has rank at most ``n`` (the document's tokens) and is truncated by SVD to ``cfg.rank`` per chunk
 (at most ``cfg.max_rank`` in all).
 
@@ -45,7 +48,10 @@ class MemoryConfig:
     """Which layers hold the memory and how strongly (defaults: docs/eval-memory.md)."""
 
     layers: tuple[int, ...] | None = None  # None: every second layer from 2/3 of the depth (memory_layers)
-    ridge: float = 30.0  # λ: weight of general-text keys against the document's, per document key
+    ridge: float = 30.0  # λ: weight of general-text keys against the document's (ridge_per)
+    # "chunk": λ times the tokens of one chunk, so a longer document is not held back harder (measured:
+    # docs/eval-memory.md, "Long documents"); "token": λ times all the document's tokens (before)
+    ridge_per: str = "chunk"
     scale: float = 0.08  # value length as a fraction of the layer's mean residual norm
     rank: int = 64  # per chunk of the document
     max_rank: int = 256  # in all: keeps a max_chunks document within vLLM's largest LoRA rank (512)
@@ -63,6 +69,7 @@ class MemoryConfig:
             "chunk_tokens": self.chunk_tokens >= 16,
             "general_tokens": self.general_tokens >= 256,
             "general_as": self.general_as in ("text", "exchange"),
+            "ridge_per": self.ridge_per in ("chunk", "token"),
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -239,13 +246,15 @@ def memory_from_reads(
     targets = torch.cat([torch.tensor(ids)[pos + 1] for ids, pos in zip(chunks, positions, strict=True)])
     direction = _value_directions(base, targets.to(base.device))  # [n, d_out], unit rows
     rank = min(cfg.rank * len(chunks), cfg.max_rank, direction.shape[0])
+    # ridge_factors weighs C by λ·n; per chunk, that is λ times the mean tokens of a chunk
+    ridge = cfg.ridge / len(chunks) if cfg.ridge_per == "chunk" else cfg.ridge
     A, B = {}, {}
     for p, passes in reads.keys.items():
         if len(passes) != len(chunks):
             raise ValueError(f"memory: {len(passes)} recorded passes for {len(chunks)} chunks")
         K = torch.cat([keys[pos] for keys, pos in zip(passes, positions, strict=True)])  # [n, d_in]
         V = direction * (cfg.scale * sum(reads.norms[p]) / len(reads.norms[p]))
-        B[p], A[p] = ridge_factors(K, V, stats[p].to(K.device), cfg.ridge, rank)
+        B[p], A[p] = ridge_factors(K, V, stats[p].to(K.device), ridge, rank)
     return LoraWeights(A, B, 1.0).detach()
 
 

@@ -53,6 +53,24 @@ def test_the_memory_makes_its_own_document_likelier_than_another(tiny_base) -> N
     assert gain_own > 0.05 and gain_own > 3 * gain_other
 
 
+def test_the_ridge_weighs_one_chunk_of_tokens_however_long_the_document(tiny_base) -> None:
+    """Per chunk, a document read in k chunks is solved with λ/k per token (λ times one chunk's tokens);
+    per token, with λ. A one-chunk read is the same either way."""
+    per_chunk = MemoryConfig(layers=(1,), ridge=5.0, rank=256, chunk_tokens=16, general_tokens=256)
+    per_token = MemoryConfig(**(per_chunk.to_dict() | {"ridge_per": "token", "layers": (1,)}))
+    stats = key_statistics(tiny_base, per_chunk)
+    chunks = len(chat_chunks(tiny_base.tokenizer, DOC, 16))
+    assert chunks > 1
+    quieter = MemoryConfig(**(per_token.to_dict() | {"ridge": 5.0 / chunks, "layers": (1,)}))
+    delta = lambda cfg: memory_lora(tiny_base, DOC, cfg, stats).delta("model.layers.1.mlp.down_proj")  # noqa: E731
+    torch.testing.assert_close(delta(per_chunk), delta(quieter), rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(delta(per_chunk), delta(per_token), rtol=1e-2, atol=1e-6)
+    one = {"chunk_tokens": 256, "layers": (1,)}
+    torch.testing.assert_close(
+        delta(MemoryConfig(**(per_chunk.to_dict() | one))), delta(MemoryConfig(**(per_token.to_dict() | one)))
+    )
+
+
 def test_rank_is_per_chunk_capped_by_max_rank_and_bounded_by_the_tokens_read(tiny_base) -> None:
     cfg = MemoryConfig(layers=(0, 1), rank=4, chunk_tokens=16, general_tokens=256)
     stats = key_statistics(tiny_base, cfg)
@@ -80,6 +98,8 @@ def test_memory_generator_names_itself_by_its_config_and_refuses_bad_input(tiny_
         make_generator("memory", tiny_base, {"layers": [7]})
     with pytest.raises(GeneratorError, match="invalid value for ridge"):
         make_generator("memory", tiny_base, {"ridge": 0})
+    with pytest.raises(GeneratorError, match="invalid value for ridge_per"):
+        make_generator("memory", tiny_base, {"ridge_per": "document"})
 
 
 def test_statistics_are_computed_once_per_configuration(tiny_base) -> None:
