@@ -163,10 +163,10 @@ SourceConfig = Annotated[
 
 class GeneratorConfig(_Strict):
     # The default is the fastest generator that passed the QA gates on >= 90% of held-out real documents
-    # (docs/eval-memory.md): the shipped hypernetwork's adapter plus the document's memory, refined by 2 CD
-    # steps (hypernet.generators.REFINE_STEPS). A base model without a shipped hypernetwork checkpoint
-    # needs `name: cd` or `memory` (the error says so).
-    name: Literal["cd", "hypernet", "hypernet+cd", "memory", "t2l"] = "hypernet+cd"
+    # (docs/eval-memory.md: 24 of 24): the shipped hypernetwork's adapter plus the document's memory, one
+    # read of the document, no training. A base model without a shipped hypernetwork checkpoint needs
+    # `name: cd` or `memory` (the error says so).
+    name: Literal["cd", "hypernet", "hypernet+cd", "memory", "t2l"] = "hypernet"
     base_model: str = DEFAULT_BASE_MODEL
     # Generator-specific knobs (steps, lr, rank, checkpoint, ...), passed to hypernet's factory as is.
     options: dict[str, Any] = Field(default_factory=dict)

@@ -27,7 +27,7 @@ def test_relative_paths_resolve_against_the_file_and_uris_hold_no_credentials(tm
     local, git, s3 = kb.sources
     assert local.path == (tmp_path / "kb" / "docs").resolve()
     assert git.uri == "https://git.example/docs.git" and s3.uri == "http://minio:9000/bkt/p/"
-    assert kb.generator.name == "hypernet+cd" and kb.gates.enabled and kb.promotion.auto_promote
+    assert kb.generator.name == "hypernet" and kb.gates.enabled and kb.promotion.auto_promote
 
 
 @pytest.mark.parametrize(
