@@ -7,16 +7,16 @@ through the final norm (``g ⊙ W_U[y]``, unit length, scaled by ``cfg.scale`` t
 residual norm). The update of ``down_proj`` is the ridge solution of MEMIT's batch edit (Meng et al.,
 2023):
 
-    ΔWᵀ = (KᵀK + λ·n·C)⁻¹ Kᵀ V
+    ΔWᵀ = (KᵀK + λ·m·C)⁻¹ Kᵀ V
 
 where ``C`` is the second moment of the same keys on general text read as chat exchanges
 (``key_statistics``): the update maps the document's keys to its values while staying small on keys
 that ordinary conversation produces, which is what keeps the adapter from disturbing everything else.
-``n`` is the tokens of one chunk (the document's tokens over its chunks): MEMIT's ``C`` term does not grow
-with the number of edits, and weighing it by all of a long document's tokens held each chunk's own key
-directions back harder the longer the document (four-chunk documents: docs/eval-memory.md).
-``ΔW`` has rank at most ``n`` (the document's tokens) and is truncated by SVD to ``cfg.rank`` per chunk
-(at most ``cfg.max_rank`` in all).
+``m`` is the tokens of one chunk (the document's ``n`` tokens over its chunks; ``ridge_per: token``
+takes ``n``): MEMIT's ``C`` term does not grow with the number of edits, and weighing it by all of a long
+document's tokens held each chunk's own key directions back harder the longer the document (four-chunk
+documents: docs/eval-memory.md). ``ΔW`` has rank at most ``n`` and is truncated by SVD to ``cfg.rank``
+per chunk (at most ``cfg.max_rank`` in all).
 
 Why it helps: after reading a sentence the model sees the same local context again when a question
 quotes it, and the memory adds the document's continuation there. It is document-specific by

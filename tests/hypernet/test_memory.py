@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -57,18 +59,16 @@ def test_the_ridge_weighs_one_chunk_of_tokens_however_long_the_document(tiny_bas
     """Per chunk, a document read in k chunks is solved with λ/k per token (λ times one chunk's tokens);
     per token, with λ. A one-chunk read is the same either way."""
     per_chunk = MemoryConfig(layers=(1,), ridge=5.0, rank=256, chunk_tokens=16, general_tokens=256)
-    per_token = MemoryConfig(**(per_chunk.to_dict() | {"ridge_per": "token", "layers": (1,)}))
+    per_token = replace(per_chunk, ridge_per="token")
     stats = key_statistics(tiny_base, per_chunk)
     chunks = len(chat_chunks(tiny_base.tokenizer, DOC, 16))
     assert chunks > 1
-    quieter = MemoryConfig(**(per_token.to_dict() | {"ridge": 5.0 / chunks, "layers": (1,)}))
+    quieter = replace(per_token, ridge=5.0 / chunks)
     delta = lambda cfg: memory_lora(tiny_base, DOC, cfg, stats).delta("model.layers.1.mlp.down_proj")  # noqa: E731
     torch.testing.assert_close(delta(per_chunk), delta(quieter), rtol=1e-4, atol=1e-6)
     assert not torch.allclose(delta(per_chunk), delta(per_token), rtol=1e-2, atol=1e-6)
-    one = {"chunk_tokens": 256, "layers": (1,)}
-    torch.testing.assert_close(
-        delta(MemoryConfig(**(per_chunk.to_dict() | one))), delta(MemoryConfig(**(per_token.to_dict() | one)))
-    )
+    one_chunk = lambda cfg: replace(cfg, chunk_tokens=256)  # noqa: E731
+    torch.testing.assert_close(delta(one_chunk(per_chunk)), delta(one_chunk(per_token)))
 
 
 def test_rank_is_per_chunk_capped_by_max_rank_and_bounded_by_the_tokens_read(tiny_base) -> None:
